@@ -1,0 +1,262 @@
+//! The command line: `ferry validate|run|sandbox ...`. Parses arguments, loads configuration,
+//! runs the command, and maps the outcome to an exit code: 0 success, 64 bad configuration or
+//! usage, 1 any other failure.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{self, Config, LogFormat};
+use crate::sandbox::{self, UpOptions, UpOutcome};
+use crate::{EXIT_CONFIG, logging};
+
+#[derive(Debug, Parser)]
+#[command(name = "ferry", version, about = "Cross-region replication and failover for PSI databases")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Load and validate a configuration; print every problem with its YAML path (exit 64).
+    Validate {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// Run this region's roles under one supervisor until SIGINT/SIGTERM.
+    Run {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+    },
+    /// A local multi-region topology of real servers (MariaDB, Redis, Kafka, DNS, HAProxy).
+    Sandbox {
+        #[command(subcommand)]
+        command: SandboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SandboxCommand {
+    /// Start every server of every region, then one `ferry run` per region.
+    Up {
+        /// Folder for data, logs, generated configs and sandbox.json.
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+        /// Regions to create, in tie-break order.
+        #[arg(long, value_delimiter = ',', default_values_t = sandbox::DEFAULT_REGIONS.iter().map(|s| s.to_string()))]
+        regions: Vec<String>,
+    },
+    /// Stop everything `up` started in DIR (by recorded pid), and nothing else.
+    Down {
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+    },
+    /// Show what is running (exit 1 if anything recorded has stopped).
+    Status {
+        #[arg(long, default_value = ".sandbox")]
+        dir: PathBuf,
+        /// Print sandbox.json with a `running` flag per process.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Serve a stand-in PSI app node (used by `up`).
+    App {
+        #[arg(long)]
+        listen: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        region: String,
+    },
+}
+
+/// Run the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_CONFIG } else { 0 };
+        }
+    };
+    match cli.command {
+        Command::Validate { config } => validate(&config),
+        Command::Run { config } => run(&config),
+        Command::Sandbox { command } => {
+            logging::init(LogFormat::Text, "warn,ferry=info");
+            block_on(sandbox_command(command))
+        }
+    }
+}
+
+fn load(path: &Path) -> Result<Config, i32> {
+    config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        EXIT_CONFIG
+    })
+}
+
+fn validate(path: &Path) -> i32 {
+    match load(path) {
+        Ok(c) => {
+            println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
+            0
+        }
+        Err(code) => code,
+    }
+}
+
+fn run(path: &Path) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(config.log.format, &config.log.level);
+    block_on(async move {
+        match crate::app::run(config).await {
+            Ok(outcome) => outcome.exit_code(),
+            Err(e) => {
+                tracing::error!(error = %format!("{e:#}"), "ferry failed to start");
+                1
+            }
+        }
+    })
+}
+
+fn block_on(fut: impl std::future::Future<Output = i32>) -> i32 {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt.block_on(fut),
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            1
+        }
+    }
+}
+
+async fn sandbox_command(command: SandboxCommand) -> i32 {
+    match command {
+        SandboxCommand::Up { dir, regions } => {
+            let ferry_bin = match std::env::current_exe() {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("cannot find the ferry binary: {e}");
+                    return 1;
+                }
+            };
+            println!("starting sandbox regions {} in {} ...", regions.join(","), dir.display());
+            match sandbox::up(UpOptions { dir: dir.clone(), regions, ferry_bin }).await {
+                Ok(UpOutcome::Started(state)) => {
+                    print_summary(&state, &dir, "up");
+                    0
+                }
+                Ok(UpOutcome::AlreadyUp(state)) => {
+                    print_summary(&state, &dir, "already up");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("sandbox up failed (everything it started was stopped): {e}");
+                    1
+                }
+            }
+        }
+        SandboxCommand::Down { dir } => match sandbox::down(&dir).await {
+            Ok(None) => {
+                println!("no sandbox running in {}", dir.display());
+                0
+            }
+            Ok(Some(report)) => {
+                println!(
+                    "sandbox in {} stopped: {} stopped, {} killed after the timeout, {} were not running",
+                    dir.display(),
+                    report.stopped.len(),
+                    report.killed.len(),
+                    report.not_running.len()
+                );
+                for label in &report.killed {
+                    println!("  killed: {label}");
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("sandbox down failed: {e}");
+                1
+            }
+        },
+        SandboxCommand::Status { dir, json } => status(&dir, json),
+        SandboxCommand::App { listen, name, region } => {
+            match sandbox::app_node::serve(listen, &name, &region).await {
+                Ok(()) => 0,
+                Err(e) => {
+                    eprintln!("app node {name} on {listen}: {e}");
+                    1
+                }
+            }
+        }
+    }
+}
+
+fn status(dir: &Path, json: bool) -> i32 {
+    let (state, processes) = match sandbox::status(dir) {
+        Ok(Some(found)) => found,
+        Ok(None) => {
+            if json {
+                println!("{{\"running\": false}}");
+            } else {
+                println!("no sandbox in {}", dir.display());
+            }
+            return 0;
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let all_running = processes.iter().all(|p| p.running);
+    if json {
+        let mut value = serde_json::to_value(&state).unwrap_or_default();
+        value["running"] = serde_json::Value::Bool(all_running);
+        value["processes"] = processes
+            .iter()
+            .map(|p| serde_json::json!({"name": p.label, "pid": p.record.pid, "running": p.running, "log": p.record.log}))
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&value).unwrap_or_default());
+    } else {
+        print_summary(&state, dir, if all_running { "up" } else { "DEGRADED" });
+        println!("\nprocesses:");
+        for p in &processes {
+            let state = if p.running { "running" } else { "STOPPED" };
+            println!("  {:<22} pid {:<8} {:<8} {}", p.label, p.record.pid, state, p.record.log.display());
+        }
+    }
+    if all_running { 0 } else { 1 }
+}
+
+fn print_summary(state: &sandbox::SandboxState, dir: &Path, how: &str) {
+    println!("sandbox {how} in {} (started in {:.1}s)", state.dir.display(), state.startup_seconds);
+    for (name, r) in &state.regions {
+        println!("  {name}:");
+        println!("    ferry    {}  (config {})", r.ferry.http_url, r.ferry.config.display());
+        println!(
+            "    mysql    primary {}:{}  replica {}:{}",
+            r.mysql.primary.host, r.mysql.primary.port, r.mysql.replica.host, r.mysql.replica.port
+        );
+        println!("    redis    primary {}  replica {}", r.redis.primary.address, r.redis.replica.address);
+        println!(
+            "    app      {} (haproxy; runtime API {})",
+            r.haproxy.frontend_url,
+            r.haproxy.runtime_api.display()
+        );
+    }
+    println!("  kafka      {}  topics {}", state.kafka.bootstrap, state.kafka.topics.join(", "));
+    println!("  dns        {}  zone {} (TSIG key {})", state.dns.server, state.dns.zone, state.dns.tsig.name);
+    let first = state.regions.values().next();
+    let d = dir.display();
+    println!("\nnext:");
+    println!("  status   ferry sandbox status --dir {d}     (details: {}/sandbox.json)", state.dir.display());
+    if let Some(r) = first {
+        println!("  metrics  curl {}/metrics     status: curl {}/status", r.ferry.http_url, r.ferry.http_url);
+    }
+    println!("  stop     ferry sandbox down --dir {d}");
+}

@@ -1,0 +1,138 @@
+use super::*;
+
+const GOOD: &str = r#"
+region: east
+regions:
+  east:
+    priority: 1
+    standby: west
+    mysql:
+      user: ferry
+      password: pw
+      gtid_domain_id: 1
+      primary: { host: 127.0.0.1, port: 3306, server_id: 101 }
+      replicas: [{ host: 127.0.0.2, server_id: 102 }]
+    kafka: { bootstrap: ["127.0.0.1:9092"] }
+    redis: { primary: "127.0.0.1:6379" }
+  west:
+    priority: 2
+    mysql:
+      user: ferry
+      password: pw
+      gtid_domain_id: 2
+      primary: { host: 127.0.0.3, server_id: 201 }
+    kafka: { bootstrap: ["127.0.0.1:9092"] }
+http: { listen: "127.0.0.1:9464" }
+shutdown: { grace: 10s }
+"#;
+
+fn no_env() -> Vec<(String, String)> {
+    Vec::new()
+}
+
+fn paths(err: &ConfigErrors) -> Vec<&str> {
+    err.problems.iter().map(|p| p.path.as_str()).collect()
+}
+
+#[test]
+fn a_good_config_loads_with_defaults() {
+    let c = load_str("good", GOOD, no_env()).expect("valid config");
+    assert_eq!(c.region, "east");
+    assert_eq!(c.regions["west"].mysql.primary.port, 3306, "default port");
+    assert_eq!(c.shutdown.grace, std::time::Duration::from_secs(10));
+    assert_eq!(c.tie_break_order(), vec!["east", "west"]);
+    assert_eq!(c.regions["east"].mysql.password.expose(), "pw");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_path() {
+    let bad = GOOD
+        .replace("region: east", "region: north")
+        .replace("server_id: 201", "server_id: 101")
+        .replace("grace: 10s", "grace: 10 parsecs")
+        .replace("standby: west", "standby: south\n    colour: blue")
+        .replace("gtid_domain_id: 2", "gtid_domain_id: 1");
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    let got = paths(&err);
+    for want in [
+        "regions.east.colour",
+        "shutdown.grace",
+        "region",
+        "regions.east.standby",
+        "regions.west.mysql.primary.server_id",
+        "regions.west.mysql.gtid_domain_id",
+    ] {
+        assert!(got.contains(&want), "expected a problem at {want}; got {err}");
+    }
+    assert_eq!(got.len(), 6, "expected exactly 6 problems, got {err}");
+    let text = err.to_string();
+    assert!(text.contains("unknown field `colour`"), "{text}");
+    assert!(text.contains("also used by regions.east.mysql.primary"), "{text}");
+}
+
+#[test]
+fn a_pruned_region_does_not_cause_echo_problems() {
+    // east's primary lacks server_id: the region is pruned, and `region: east` must not then be
+    // reported as undefined.
+    let bad = GOOD.replace("port: 3306, server_id: 101", "port: 3306");
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["regions.east.mysql.primary.server_id"], "{err}");
+    assert_eq!(err.problems[0].message, "is required");
+}
+
+#[test]
+fn a_bad_list_element_is_named_by_index() {
+    let bad = GOOD.replace("server_id: 102", "server_id: lots");
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["regions.east.mysql.replicas[0].server_id"], "{err}");
+}
+
+#[test]
+fn env_overrides_replace_and_add_keys() {
+    let env = vec![
+        ("FERRY__HTTP__LISTEN".to_string(), "0.0.0.0:9999".to_string()),
+        ("FERRY__REGIONS__WEST__MYSQL__PRIMARY__PORT".to_string(), "3307".to_string()),
+        ("FERRY__LOG__FORMAT".to_string(), "json".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let c = load_str("good", GOOD, env).expect("valid config");
+    assert_eq!(c.http.listen.to_string(), "0.0.0.0:9999");
+    assert_eq!(c.regions["west"].mysql.primary.port, 3307);
+    assert_eq!(c.log.format, super::super::LogFormat::Json);
+}
+
+#[test]
+fn a_bad_env_override_is_reported_under_its_path() {
+    let env = vec![("FERRY__HTTP__LISTEN".to_string(), "nowhere".to_string())];
+    let err = load_str("good", GOOD, env).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["http.listen"], "{err}");
+}
+
+#[test]
+fn a_missing_secret_variable_is_a_problem_at_its_path() {
+    let bad = GOOD.replacen("password: pw", "password: { env: FERRY_TEST_NO_SUCH_VAR_7 }", 1);
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["regions.east.mysql.password"], "{err}");
+    assert!(err.to_string().contains("FERRY_TEST_NO_SUCH_VAR_7"), "{err}");
+}
+
+#[test]
+fn yaml_syntax_errors_are_reported_not_panicked() {
+    let err = load_str("bad", "region: [east\n", no_env()).expect_err("must fail");
+    assert_eq!(err.problems.len(), 1);
+    assert!(err.problems[0].message.contains("not valid YAML"), "{err}");
+}
+
+#[test]
+fn an_empty_document_lists_the_required_top_level_keys() {
+    let err = load_str("empty", "", no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["region"], "{err}");
+}
+
+#[test]
+fn is_prefix_respects_segment_boundaries() {
+    assert!(is_prefix("regions.east", "regions.east.mysql"));
+    assert!(is_prefix("regions.east", "regions.east"));
+    assert!(is_prefix("a.list", "a.list[0].x"));
+    assert!(!is_prefix("regions.east", "regions.eastern"));
+}

@@ -1,0 +1,170 @@
+//! ferry's configuration: typed structs, loading with env overrides, and validation.
+//!
+//! Contract: [`load`] either returns a fully validated [`Config`] or *every* problem found, each
+//! naming its YAML path (`regions.east.mysql.primary.server_id`). Unknown fields are errors,
+//! durations are humantime strings (`5s`), optional features are `Option`s (absent = off),
+//! secrets are [`Secret`]s resolved from env or files and never printed.
+//! Later subsystems add their own sections here; the loader is generic over the tree.
+
+mod load;
+mod secret;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
+pub use secret::{Secret, SecretSource};
+
+/// The whole configuration of one ferry process.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The region this process runs in; must be a key of `regions`.
+    pub region: String,
+    /// Every region of the deployment, by name (lowercase letters, digits, `-`).
+    pub regions: BTreeMap<String, RegionConfig>,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    pub shutdown: ShutdownConfig,
+}
+
+impl Config {
+    /// This process's own region. Validation guarantees it exists.
+    pub fn local(&self) -> Option<&RegionConfig> {
+        self.regions.get(&self.region)
+    }
+
+    /// Regions ordered for tie-breaks: the smallest `priority` first.
+    pub fn tie_break_order(&self) -> Vec<&str> {
+        let mut names: Vec<(&str, u32)> =
+            self.regions.iter().map(|(n, r)| (n.as_str(), r.priority)).collect();
+        names.sort_by_key(|&(n, p)| (p, n));
+        names.into_iter().map(|(n, _)| n).collect()
+    }
+}
+
+/// One region: its databases, broker and cache.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegionConfig {
+    /// Tie-break rank: when two regions' versions are equal, the smaller number wins.
+    /// Unique across regions so every region picks the same winner.
+    pub priority: u32,
+    /// The region that takes over this region's traffic in a region failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub standby: Option<String>,
+    pub mysql: MysqlConfig,
+    pub kafka: KafkaConfig,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisConfig>,
+}
+
+/// The region's MySQL/MariaDB primary and its in-region replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MysqlConfig {
+    pub user: String,
+    pub password: Secret,
+    /// MariaDB `gtid_domain_id` of this region's writes; unique across regions.
+    pub gtid_domain_id: u32,
+    pub primary: DbServer,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<DbServer>,
+}
+
+/// One database server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbServer {
+    pub host: String,
+    #[serde(default = "default_mysql_port")]
+    pub port: u16,
+    /// The server's `server_id`; unique across the whole deployment.
+    pub server_id: u32,
+}
+
+fn default_mysql_port() -> u16 {
+    3306
+}
+
+/// The Kafka-protocol broker this region's change topic lives on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `host:port` of one or more brokers.
+    pub bootstrap: Vec<String>,
+}
+
+/// The region's Redis primary and replicas.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `host:port`.
+    pub primary: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
+}
+
+/// The one HTTP listener: `/metrics`, `/health/live`, `/health/ready`, `/status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    #[serde(default)]
+    pub format: LogFormat,
+    /// A tracing filter (`info`, `ferry=debug,info`); `RUST_LOG` overrides it.
+    #[serde(default = "default_log_level")]
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self { format: LogFormat::Text, level: default_log_level() }
+    }
+}
+
+fn default_log_level() -> String {
+    "info".into()
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShutdownConfig {
+    /// How long the whole ordered shutdown may take before ferry gives up and exits non-zero.
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        Self { grace: Duration::from_secs(30) }
+    }
+}

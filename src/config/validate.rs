@@ -1,0 +1,156 @@
+//! Semantic checks that serde cannot express: references between sections, uniqueness of ids
+//! across regions, well-formed addresses and names. Pure: no I/O.
+
+use std::collections::BTreeMap;
+
+use super::load::Finding;
+use super::{Config, DbServer};
+
+pub(super) fn validate(config: &Config) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let mut push = |path: String, message: String, refers_to: Option<String>| {
+        out.push(Finding { path, message, refers_to });
+    };
+
+    if config.regions.is_empty() {
+        push("regions".into(), "at least one region is required".into(), None);
+    } else if !config.regions.contains_key(&config.region) {
+        push(
+            "region".into(),
+            format!(
+                "region `{}` is not defined under `regions` (defined: {})",
+                config.region,
+                config.regions.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+            Some(format!("regions.{}", config.region)),
+        );
+    }
+
+    let mut priorities: BTreeMap<u32, &str> = BTreeMap::new();
+    let mut domains: BTreeMap<u32, String> = BTreeMap::new();
+    let mut server_ids: BTreeMap<u32, String> = BTreeMap::new();
+
+    for (name, region) in &config.regions {
+        let at = format!("regions.{name}");
+        if !is_region_name(name) {
+            push(
+                at.clone(),
+                "a region name must be 1-32 lowercase letters, digits or `-` (it is part of topic names)"
+                    .into(),
+                None,
+            );
+        }
+        if let Some(first) = priorities.insert(region.priority, name) {
+            push(
+                format!("{at}.priority"),
+                format!(
+                    "priority {} is also used by region `{first}`; tie-breaks need a total order",
+                    region.priority
+                ),
+                None,
+            );
+        }
+        if let Some(standby) = &region.standby {
+            if standby == name {
+                push(format!("{at}.standby"), "a region cannot be its own standby".into(), None);
+            } else if !config.regions.contains_key(standby) {
+                push(
+                    format!("{at}.standby"),
+                    format!("standby region `{standby}` is not defined under `regions`"),
+                    Some(format!("regions.{standby}")),
+                );
+            }
+        }
+
+        let mysql = &region.mysql;
+        if let Some(problem) = mysql.password.problem() {
+            push(format!("{at}.mysql.password"), problem.to_string(), None);
+        }
+        if mysql.user.is_empty() {
+            push(format!("{at}.mysql.user"), "must not be empty".into(), None);
+        }
+        let domain_at = format!("{at}.mysql.gtid_domain_id");
+        if let Some(first) = domains.insert(mysql.gtid_domain_id, domain_at.clone()) {
+            push(domain_at, format!("gtid_domain_id {} is also used by {first}", mysql.gtid_domain_id), None);
+        }
+        let servers = std::iter::once((format!("{at}.mysql.primary"), &mysql.primary))
+            .chain(mysql.replicas.iter().enumerate().map(|(i, s)| (format!("{at}.mysql.replicas[{i}]"), s)));
+        for (server_at, server) in servers {
+            check_server(&server_at, server, &mut server_ids, &mut push);
+        }
+
+        if region.kafka.bootstrap.is_empty() {
+            push(format!("{at}.kafka.bootstrap"), "at least one broker address is required".into(), None);
+        }
+        for (i, addr) in region.kafka.bootstrap.iter().enumerate() {
+            if let Err(e) = check_host_port(addr) {
+                push(format!("{at}.kafka.bootstrap[{i}]"), e, None);
+            }
+        }
+        if let Some(redis) = &region.redis {
+            if let Some(problem) = redis.password.as_ref().and_then(|p| p.problem()) {
+                push(format!("{at}.redis.password"), problem.to_string(), None);
+            }
+            if let Err(e) = check_host_port(&redis.primary) {
+                push(format!("{at}.redis.primary"), e, None);
+            }
+            for (i, addr) in redis.replicas.iter().enumerate() {
+                if let Err(e) = check_host_port(addr) {
+                    push(format!("{at}.redis.replicas[{i}]"), e, None);
+                }
+            }
+        }
+    }
+
+    if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
+        push("log.level".into(), format!("not a valid log filter: {e}"), None);
+    }
+    if config.shutdown.grace.is_zero() {
+        push("shutdown.grace".into(), "must be longer than 0s".into(), None);
+    }
+    out
+}
+
+fn check_server(
+    at: &str,
+    server: &DbServer,
+    seen: &mut BTreeMap<u32, String>,
+    push: &mut impl FnMut(String, String, Option<String>),
+) {
+    if server.host.is_empty() {
+        push(format!("{at}.host"), "must not be empty".into(), None);
+    }
+    if server.port == 0 {
+        push(format!("{at}.port"), "must not be 0".into(), None);
+    }
+    let id_at = format!("{at}.server_id");
+    if server.server_id == 0 {
+        push(id_at, "must not be 0 (MariaDB/MySQL refuse to replicate with server_id 0)".into(), None);
+    } else if let Some(first) = seen.insert(server.server_id, at.to_string()) {
+        push(
+            id_at,
+            format!("server_id {} is also used by {first}; every server needs its own", server.server_id),
+            None,
+        );
+    }
+}
+
+fn is_region_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535 (`[v6]:port` accepted).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("`{addr}` is not host:port"));
+    };
+    if host.is_empty() || host == "[]" {
+        return Err(format!("`{addr}` has no host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 => Ok(()),
+        _ => Err(format!("`{addr}` has no valid port (1-65535)")),
+    }
+}

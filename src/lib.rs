@@ -1,0 +1,28 @@
+//! ferry keeps the databases of a PSI (purchase-sale-inventory) system in sync across regions
+//! and keeps the service up when a node, a database, a cache or a region fails.
+//!
+//! Module map (each module's own docs state its contract):
+//! - [`config`]: typed configuration, loading with `FERRY__*` env overrides, validation that
+//!   reports every problem with its YAML path.
+//! - [`cli`]: the command line (clap) and exit codes.
+//! - [`app`]: the supervisor: roles, readiness, ordered shutdown under a grace timeout.
+//! - [`status`]: the board where roles report their state; backs `/health/ready` and `/status`.
+//! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
+//! - [`schema`]: DDL of the `ferry` metadata schema every primary carries.
+//! - [`sandbox`]: real servers of a local multi-region topology; also the test harness.
+//! - [`logging`]: tracing set-up (text or JSON).
+
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod sandbox;
+pub mod schema;
+pub mod status;
+
+/// ferry's version, from Cargo.toml.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Exit code for bad configuration or usage (BSD `EX_USAGE`).
+pub const EXIT_CONFIG: i32 = 64;

@@ -1,0 +1,88 @@
+//! Every metric ferry exports, with its help text, in one place. Dashboards and alert rules use
+//! only names from [`ALL`]; a test checks it. Naming: `ferry_<subsystem>_<name>_<unit>`,
+//! counters end in `_total` (the OpenMetrics encoder adds the suffix to the registered name).
+
+/// A metric's exported name (as it appears in `/metrics`) and its help text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricName {
+    /// The name without the `_total` suffix that OpenMetrics adds to counters.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: MetricKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Info,
+}
+
+impl MetricName {
+    /// The name as it appears in an exposition and in PromQL.
+    pub fn exposed(&self) -> String {
+        match self.kind {
+            MetricKind::Counter => format!("{}_total", self.name),
+            MetricKind::Info => format!("{}_info", self.name),
+            MetricKind::Gauge => self.name.to_string(),
+        }
+    }
+}
+
+const fn m(name: &'static str, kind: MetricKind, help: &'static str) -> MetricName {
+    MetricName { name, help, kind }
+}
+
+use MetricKind::{Counter, Gauge, Info};
+
+pub const BUILD: MetricName = m("ferry_build", Info, "ferry's version; the value is always 1");
+pub const UP: MetricName =
+    m("ferry_up", Gauge, "1 while the process is running, 0 once ordered shutdown has begun");
+pub const ROLE_READY: MetricName =
+    m("ferry_role_ready", Gauge, "1 when the role reports ready, else 0 (label: role)");
+pub const PROCESS_START_TIME: MetricName = m(
+    "ferry_process_start_time_seconds",
+    Gauge,
+    "Start time of the process since the Unix epoch, in seconds",
+);
+pub const PROCESS_CPU: MetricName =
+    m("ferry_process_cpu_seconds", Counter, "User and system CPU time spent, in seconds");
+pub const PROCESS_RESIDENT_MEMORY: MetricName =
+    m("ferry_process_resident_memory_bytes", Gauge, "Resident memory size, in bytes");
+pub const PROCESS_OPEN_FDS: MetricName =
+    m("ferry_process_open_fds", Gauge, "Number of open file descriptors");
+pub const PROCESS_THREADS: MetricName = m("ferry_process_threads", Gauge, "Number of OS threads");
+
+/// Every metric ferry can export.
+pub const ALL: &[MetricName] = &[
+    BUILD,
+    UP,
+    ROLE_READY,
+    PROCESS_START_TIME,
+    PROCESS_CPU,
+    PROCESS_RESIDENT_MEMORY,
+    PROCESS_OPEN_FDS,
+    PROCESS_THREADS,
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_the_convention_and_are_unique() {
+        let mut seen = std::collections::BTreeSet::new();
+        for metric in ALL {
+            assert!(metric.name.starts_with("ferry_"), "{} lacks the ferry_ prefix", metric.name);
+            assert!(!metric.name.ends_with("_total"), "{}: the encoder adds _total", metric.name);
+            assert!(
+                metric.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{} is not snake_case",
+                metric.name
+            );
+            assert!(!metric.help.is_empty(), "{} has no help", metric.name);
+            assert!(!metric.help.ends_with('.'), "{}: the encoder appends the period", metric.name);
+            assert!(seen.insert(metric.exposed()), "{} is listed twice", metric.name);
+        }
+    }
+}

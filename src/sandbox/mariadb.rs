@@ -1,0 +1,293 @@
+//! A MariaDB server (primary or GTID replica) with the binlog settings ferry needs
+//! (`components.md`): ROW format, FULL row image and row metadata, GTIDs with a per-region
+//! domain, `log_slave_updates` so a promoted replica has every transaction in its binlog.
+//!
+//! Users: the primary creates the application user (all privileges) and the replication user;
+//! replicas receive both through replication (creating them locally would break it).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::Command;
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, OptsBuilder, Row};
+
+use super::process::{ServerDir, ServerProcess, retry_port};
+use super::{READY_TIMEOUT, SandboxError, run_command};
+
+/// User that in-region replicas connect as.
+pub const REPL_USER: &str = "repl";
+
+#[derive(Debug, Clone)]
+pub struct MariaDbOptions {
+    pub name: String,
+    pub ip: IpAddr,
+    /// Tried first; otherwise a free port.
+    pub preferred_port: Option<u16>,
+    pub server_id: u32,
+    pub gtid_domain_id: u32,
+    pub user: String,
+    pub password: String,
+    /// More `mariadbd` options (e.g. `--auto-increment-offset=2`).
+    pub extra_args: Vec<String>,
+}
+
+impl MariaDbOptions {
+    /// Options for a throw-away test server on 127.0.0.1 and a free port.
+    pub fn test(name: &str, server_id: u32, gtid_domain_id: u32) -> Self {
+        Self {
+            name: name.to_string(),
+            ip: IpAddr::from([127, 0, 0, 1]),
+            preferred_port: None,
+            server_id,
+            gtid_domain_id,
+            user: "ferry".into(),
+            password: "ferry-test-pw".into(),
+            extra_args: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct MariaDb {
+    // Field order matters: the process must be killed before its folder is removed.
+    process: ServerProcess,
+    dir: ServerDir,
+    opts: MariaDbOptions,
+    port: u16,
+}
+
+impl MariaDb {
+    /// Start a primary in a fresh temp dir (tests).
+    pub async fn start_temp(opts: MariaDbOptions) -> Result<Self, SandboxError> {
+        let dir = ServerDir::temp(&opts.name)?;
+        Self::start_primary(opts, dir).await
+    }
+
+    /// Start a primary in `dir` and create its users.
+    pub async fn start_primary(opts: MariaDbOptions, dir: ServerDir) -> Result<Self, SandboxError> {
+        let db = Self::start(opts, dir, false).await?;
+        let o = &db.opts;
+        let statements = [
+            format!("CREATE USER '{}'@'%' IDENTIFIED BY '{}'", o.user, o.password),
+            format!("GRANT ALL PRIVILEGES ON *.* TO '{}'@'%' WITH GRANT OPTION", o.user),
+            format!("CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{}'", o.password),
+            format!("GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{REPL_USER}'@'%'"),
+        ];
+        let mut conn = db.root_conn().await?;
+        for sql in statements {
+            conn.query_drop(&sql).await.map_err(|e| SandboxError::sql("creating users", e))?;
+        }
+        conn.disconnect().await.ok();
+        Ok(db)
+    }
+
+    /// Start a replica in `dir` replicating from `primary` by GTID, and wait until it has
+    /// caught up (so the users exist on it too). `semi_sync` turns on semi-synchronous
+    /// acknowledgement on both sides.
+    pub async fn start_replica(
+        opts: MariaDbOptions,
+        dir: ServerDir,
+        primary: &MariaDb,
+        semi_sync: bool,
+    ) -> Result<Self, SandboxError> {
+        let db = Self::start(opts, dir, true).await?;
+        let mut conn = db.root_conn().await?;
+        let change = format!(
+            "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
+             MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+            primary.opts.ip, primary.port, primary.opts.password
+        );
+        if semi_sync {
+            conn.query_drop("SET GLOBAL rpl_semi_sync_slave_enabled=ON")
+                .await
+                .map_err(|e| SandboxError::sql("enabling semi-sync on the replica", e))?;
+        }
+        for sql in [change.as_str(), "START SLAVE"] {
+            conn.query_drop(sql).await.map_err(|e| SandboxError::sql("starting replication", e))?;
+        }
+        conn.disconnect().await.ok();
+        if semi_sync {
+            let mut p = primary.root_conn().await?;
+            p.query_drop("SET GLOBAL rpl_semi_sync_master_enabled=ON")
+                .await
+                .map_err(|e| SandboxError::sql("enabling semi-sync on the primary", e))?;
+            p.disconnect().await.ok();
+        }
+        db.wait_caught_up(primary).await?;
+        Ok(db)
+    }
+
+    async fn start(opts: MariaDbOptions, dir: ServerDir, replica: bool) -> Result<Self, SandboxError> {
+        let data = dir.path().join("data");
+        let mut install = tokio::process::Command::new("mariadb-install-db");
+        install
+            .arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg("--innodb-log-file-size=16M");
+        if is_root() {
+            install.arg("--user=root");
+        }
+        run_command(&format!("mariadb-install-db for {}", opts.name), &mut install).await?;
+
+        let ip = opts.ip;
+        retry_port(ip, opts.preferred_port, |port| {
+            let (opts, dir_path, data) = (opts.clone(), dir.path().to_path_buf(), data.clone());
+            async move {
+                let mut cmd = Command::new("mariadbd");
+                cmd.arg("--no-defaults")
+                    .arg(format!("--datadir={}", data.display()))
+                    .arg(format!("--socket={}", dir_path.join("mysqld.sock").display()))
+                    .arg(format!("--pid-file={}", dir_path.join("mysqld.pid").display()))
+                    .arg(format!("--port={port}"))
+                    .arg(format!("--bind-address={ip}"))
+                    .arg(format!("--server-id={}", opts.server_id))
+                    .arg(format!("--gtid-domain-id={}", opts.gtid_domain_id))
+                    .args([
+                        "--log-bin=binlog",
+                        "--relay-log=relay",
+                        "--log-slave-updates=ON",
+                        "--binlog-format=ROW",
+                        "--binlog-row-image=FULL",
+                        "--binlog-row-metadata=FULL",
+                        "--skip-name-resolve",
+                        "--character-set-server=utf8mb4",
+                        "--collation-server=utf8mb4_unicode_ci",
+                        "--default-time-zone=+00:00",
+                        "--innodb-buffer-pool-size=64M",
+                        "--innodb-log-file-size=16M",
+                        "--rpl-semi-sync-master-timeout=2000",
+                        "--skip-slave-start",
+                        "--max-connections=300",
+                    ]);
+                cmd.args(&opts.extra_args);
+                if replica {
+                    cmd.arg("--read-only=ON");
+                }
+                if is_root() {
+                    cmd.arg("--user=root");
+                }
+                let log = dir_path.join("mariadbd.log");
+                let mut process = ServerProcess::spawn(&opts.name, cmd, &log)?;
+                let socket = dir_path.join("mysqld.sock");
+                process
+                    .wait_ready(READY_TIMEOUT, || {
+                        let socket = socket.clone();
+                        async move {
+                            match Conn::new(root_opts(&socket)).await {
+                                Ok(c) => {
+                                    c.disconnect().await.ok();
+                                    true
+                                }
+                                Err(_) => false,
+                            }
+                        }
+                    })
+                    .await?;
+                Ok((process, port))
+            }
+        })
+        .await
+        .map(|(process, port)| MariaDb { process, dir, opts, port })
+    }
+
+    async fn wait_caught_up(&self, primary: &MariaDb) -> Result<(), SandboxError> {
+        let mut p = primary.root_conn().await?;
+        let pos: Option<String> = p
+            .query_first("SELECT @@gtid_binlog_pos")
+            .await
+            .map_err(|e| SandboxError::sql("reading the primary's GTID position", e))?;
+        p.disconnect().await.ok();
+        let mut r = self.root_conn().await?;
+        let waited: Option<i64> = r
+            .exec_first(
+                "SELECT MASTER_GTID_WAIT(?, ?)",
+                (pos.clone().unwrap_or_default(), READY_TIMEOUT.as_secs()),
+            )
+            .await
+            .map_err(|e| SandboxError::sql("waiting for the replica to catch up", e))?;
+        if waited != Some(0) {
+            let status: Option<Row> = r.query_first("SHOW SLAVE STATUS").await.ok().flatten();
+            let err = status
+                .and_then(|row| row.get_opt::<String, _>("Last_IO_Error").and_then(Result::ok))
+                .unwrap_or_default();
+            return Err(SandboxError::Setup(format!(
+                "{} did not catch up with {} (GTID {}): {err}",
+                self.opts.name,
+                primary.opts.name,
+                pos.unwrap_or_default()
+            )));
+        }
+        r.disconnect().await.ok();
+        Ok(())
+    }
+
+    pub fn name(&self) -> &str {
+        &self.opts.name
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.opts.ip, self.port)
+    }
+
+    pub fn options(&self) -> &MariaDbOptions {
+        &self.opts
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("mysqld.sock")
+    }
+
+    /// `mysql://user:pass@host:port/`
+    pub fn dsn(&self) -> String {
+        format!("mysql://{}:{}@{}:{}/", self.opts.user, self.opts.password, self.opts.ip, self.port)
+    }
+
+    /// Connection options for the application user over TCP.
+    pub fn opts(&self) -> Opts {
+        OptsBuilder::default()
+            .ip_or_hostname(self.opts.ip.to_string())
+            .tcp_port(self.port)
+            .user(Some(self.opts.user.clone()))
+            .pass(Some(self.opts.password.clone()))
+            .prefer_socket(false)
+            .into()
+    }
+
+    /// A connection as the application user over TCP.
+    pub async fn conn(&self) -> Result<Conn, SandboxError> {
+        Conn::new(self.opts())
+            .await
+            .map_err(|e| SandboxError::sql(format!("connecting to {}", self.opts.name), e))
+    }
+
+    /// A root connection over the unix socket (administration).
+    pub async fn root_conn(&self) -> Result<Conn, SandboxError> {
+        Conn::new(root_opts(&self.socket()))
+            .await
+            .map_err(|e| SandboxError::sql(format!("connecting to {} as root", self.opts.name), e))
+    }
+
+    pub fn process(&self) -> &ServerProcess {
+        &self.process
+    }
+
+    /// Detach (keep running after this program exits).
+    pub fn detach(self) -> (super::ProcessRecord, ServerDir) {
+        (self.process.detach(), self.dir)
+    }
+}
+
+fn root_opts(socket: &std::path::Path) -> Opts {
+    OptsBuilder::default().socket(Some(socket.to_string_lossy().into_owned())).user(Some("root")).into()
+}
+
+pub(crate) fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}

@@ -1,0 +1,60 @@
+//! The `ferry` metadata schema that exists on every primary (design.md, "Data path").
+//!
+//! - `capture_checkpoint`: last GTID whose records the broker acknowledged, per capture stream.
+//! - `applied`: per origin region, the last applied GTID and the Kafka offset it came from,
+//!   written in the same transaction as the applied rows.
+//! - `tombstones`: deleted rows' keys and versions, so an older update cannot resurrect them.
+//! - `conflicts`: one row per conflict decided, with both images, winner and rule.
+//! - `heartbeat`: written every second by each region; the only `ferry` table that is captured.
+//!
+//! Statements are idempotent (`IF NOT EXISTS`), so installing twice is harmless.
+
+pub const DATABASE: &str = "ferry";
+
+/// The DDL, one statement per entry.
+pub const STATEMENTS: &[&str] = &[
+    "CREATE DATABASE IF NOT EXISTS ferry CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
+    "CREATE TABLE IF NOT EXISTS ferry.capture_checkpoint (
+        stream VARCHAR(64) NOT NULL PRIMARY KEY,
+        gtid VARCHAR(255) NOT NULL,
+        updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.applied (
+        origin VARCHAR(32) NOT NULL PRIMARY KEY,
+        gtid VARCHAR(255) NOT NULL,
+        kafka_topic VARCHAR(255) NOT NULL,
+        kafka_partition INT NOT NULL,
+        kafka_offset BIGINT NOT NULL,
+        applied_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.tombstones (
+        table_name VARCHAR(128) NOT NULL,
+        -- table_name (128 chars x 4 bytes) + row_key must fit InnoDB's 3072-byte key limit.
+        row_key VARBINARY(2048) NOT NULL,
+        version DATETIME(6) NOT NULL,
+        origin VARCHAR(32) NOT NULL,
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        PRIMARY KEY (table_name, row_key),
+        KEY by_created (created_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.conflicts (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        table_name VARCHAR(128) NOT NULL,
+        row_key VARBINARY(2048) NOT NULL,
+        kind VARCHAR(32) NOT NULL,
+        rule VARCHAR(32) NOT NULL,
+        winner VARCHAR(32) NOT NULL,
+        local_image JSON NULL,
+        incoming_image JSON NULL,
+        origin VARCHAR(32) NOT NULL,
+        origin_gtid VARCHAR(255) NOT NULL,
+        decided_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        KEY by_time (decided_at),
+        KEY by_table (table_name, decided_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.heartbeat (
+        region VARCHAR(32) NOT NULL PRIMARY KEY,
+        beat_at_us BIGINT NOT NULL,
+        written_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB",
+];
