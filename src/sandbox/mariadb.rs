@@ -120,10 +120,14 @@ impl MariaDb {
 
     async fn start(opts: MariaDbOptions, dir: ServerDir, replica: bool) -> Result<Self, SandboxError> {
         let data = dir.path().join("data");
+        // A private tmpdir: concurrent bootstraps sharing /tmp collide on temp-table files.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| SandboxError::io("creating the MariaDB tmpdir", e))?;
         let mut install = tokio::process::Command::new("mariadb-install-db");
         install
             .arg("--no-defaults")
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", tmp.display()))
             .args(["--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg("--innodb-log-file-size=16M");
         if is_root() {
@@ -140,6 +144,7 @@ impl MariaDb {
                     .arg(format!("--datadir={}", data.display()))
                     .arg(format!("--socket={}", dir_path.join("mysqld.sock").display()))
                     .arg(format!("--pid-file={}", dir_path.join("mysqld.pid").display()))
+                    .arg(format!("--tmpdir={}", dir_path.join("tmp").display()))
                     .arg(format!("--port={port}"))
                     .arg(format!("--bind-address={ip}"))
                     .arg(format!("--server-id={}", opts.server_id))

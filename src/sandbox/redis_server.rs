@@ -36,6 +36,8 @@ impl RedisServer {
                 let mut cmd = Command::new("redis-server");
                 cmd.args(["--bind", &ip.to_string(), "--port", &port.to_string()])
                     .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+                    // Diskless sync waits 5 s by default for more replicas to join; nothing joins later here.
+                    .args(["--repl-diskless-sync-delay", "0"])
                     .args(["--protected-mode", "no", "--dir"])
                     .arg(&dir_path);
                 if let Some(primary) = replica_of {
