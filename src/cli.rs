@@ -253,10 +253,12 @@ fn print_summary(state: &sandbox::SandboxState, dir: &Path, how: &str) {
     println!("  dns        {}  zone {} (TSIG key {})", state.dns.server, state.dns.zone, state.dns.tsig.name);
     let first = state.regions.values().next();
     let d = dir.display();
+    // The binary is usually not on PATH (scripts/sandbox builds it in the cargo target dir).
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "ferry".into());
     println!("\nnext:");
-    println!("  status   ferry sandbox status --dir {d}     (details: {}/sandbox.json)", state.dir.display());
+    println!("  status   {exe} sandbox status --dir {d}     (details: {}/sandbox.json)", state.dir.display());
     if let Some(r) = first {
         println!("  metrics  curl {}/metrics     status: curl {}/status", r.ferry.http_url, r.ferry.http_url);
     }
-    println!("  stop     ferry sandbox down --dir {d}");
+    println!("  stop     {exe} sandbox down --dir {d}");
 }
