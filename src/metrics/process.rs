@@ -50,20 +50,17 @@ fn parse_stat(text: &str, ticks_per_second: f64, page_size: i64) -> Option<Stat>
     })
 }
 
-fn gauge(encoder: &mut DescriptorEncoder<'_>, name: MetricName, value: i64) -> std::fmt::Result {
-    let g = ConstGauge::new(value);
-    g.encode(encoder.encode_descriptor(name.name, name.help, None, g.metric_type())?)
+fn emit(
+    encoder: &mut DescriptorEncoder<'_>,
+    name: MetricName,
+    metric: impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name.name, name.help, None, metric.metric_type())?)
 }
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> std::fmt::Result {
-        let start = ConstGauge::new(self.start_time_seconds);
-        start.encode(encoder.encode_descriptor(
-            names::PROCESS_START_TIME.name,
-            names::PROCESS_START_TIME.help,
-            None,
-            start.metric_type(),
-        )?)?;
+        emit(&mut encoder, names::PROCESS_START_TIME, ConstGauge::new(self.start_time_seconds))?;
 
         // SAFETY: sysconf has no preconditions; it only reads a system constant.
         let (ticks, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
@@ -71,18 +68,12 @@ impl Collector for ProcessCollector {
             .ok()
             .and_then(|t| parse_stat(&t, ticks.max(1) as f64, page.max(1)));
         if let Some(stat) = stat {
-            let cpu = ConstCounter::new(stat.cpu_seconds);
-            cpu.encode(encoder.encode_descriptor(
-                names::PROCESS_CPU.name,
-                names::PROCESS_CPU.help,
-                None,
-                cpu.metric_type(),
-            )?)?;
-            gauge(&mut encoder, names::PROCESS_RESIDENT_MEMORY, stat.resident_bytes)?;
-            gauge(&mut encoder, names::PROCESS_THREADS, stat.threads)?;
+            emit(&mut encoder, names::PROCESS_CPU, ConstCounter::new(stat.cpu_seconds))?;
+            emit(&mut encoder, names::PROCESS_RESIDENT_MEMORY, ConstGauge::new(stat.resident_bytes))?;
+            emit(&mut encoder, names::PROCESS_THREADS, ConstGauge::new(stat.threads))?;
         }
         if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
-            gauge(&mut encoder, names::PROCESS_OPEN_FDS, fds.count() as i64)?;
+            emit(&mut encoder, names::PROCESS_OPEN_FDS, ConstGauge::new(fds.count() as i64))?;
         }
         Ok(())
     }

@@ -6,8 +6,8 @@ use std::process::Command;
 
 use serde::{Deserialize, Serialize};
 
-use super::process::{ServerDir, ServerProcess, retry_port};
-use super::{READY_TIMEOUT, SandboxError, random_bytes, run_command};
+use super::process::{ServerDir, ServerProcess, start_server};
+use super::{SandboxError, random_bytes, run_command};
 
 /// TTL of every record in the sandbox zone, in seconds.
 pub const RECORD_TTL: u32 = 5;
@@ -71,22 +71,18 @@ impl DnsServer {
         }
         std::fs::write(dir_path.join("zones").join(format!("{zone}.zone")), render_zone(zone, records))
             .map_err(|e| SandboxError::io("writing the zone file", e))?;
-        let (process, port) = retry_port(ip, preferred_port, |port| {
-            let (dir_path, key) = (dir_path.clone(), key.clone());
-            async move {
-                let conf = dir_path.join("knot.conf");
-                std::fs::write(&conf, render_config(&dir_path, SocketAddr::new(ip, port), zone, &key))
-                    .map_err(|e| SandboxError::io("writing knot.conf", e))?;
-                let mut cmd = Command::new("knotd");
-                cmd.arg("-c").arg(&conf);
-                let mut process = ServerProcess::spawn("dns", cmd, &dir_path.join("knotd.log"))?;
-                let addr = SocketAddr::new(ip, port);
-                process.wait_ready(READY_TIMEOUT, || async move { soa_answers(addr, zone).await }).await?;
-                Ok((process, port))
-            }
-        })
-        .await?;
-        Ok(Self { process, dir, addr: SocketAddr::new(ip, port), zone: zone.to_string(), key })
+        let conf = dir_path.join("knot.conf");
+        let command = |port: u16| {
+            std::fs::write(&conf, render_config(&dir_path, SocketAddr::new(ip, port), zone, &key))
+                .map_err(|e| SandboxError::io("writing knot.conf", e))?;
+            let mut cmd = Command::new("knotd");
+            cmd.arg("-c").arg(&conf);
+            Ok(cmd)
+        };
+        let probe = |addr| soa_answers(addr, zone);
+        let (process, addr) =
+            start_server("dns", ip, preferred_port, &dir_path.join("knotd.log"), command, probe).await?;
+        Ok(Self { process, dir, addr, zone: zone.to_string(), key })
     }
 
     pub fn addr(&self) -> SocketAddr {

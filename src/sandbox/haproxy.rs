@@ -8,8 +8,8 @@ use std::process::Command;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
-use super::process::{ServerDir, ServerProcess, retry_port};
-use super::{READY_TIMEOUT, SandboxError};
+use super::SandboxError;
+use super::process::{ServerDir, ServerProcess, start_server};
 
 /// The backend that holds the app nodes.
 pub const BACKEND: &str = "app";
@@ -31,27 +31,19 @@ impl Haproxy {
         members: &[(String, SocketAddr)],
     ) -> Result<Self, SandboxError> {
         let dir_path = dir.path().to_path_buf();
-        let (process, port) = retry_port(ip, preferred_port, |port| {
-            let dir_path = dir_path.clone();
-            async move {
-                let config = dir_path.join("haproxy.cfg");
-                let socket = dir_path.join("admin.sock");
-                std::fs::write(&config, render_config(&socket, SocketAddr::new(ip, port), members))
-                    .map_err(|e| SandboxError::io("writing haproxy.cfg", e))?;
-                let mut cmd = Command::new("haproxy");
-                cmd.arg("-db").arg("-f").arg(&config);
-                let mut process = ServerProcess::spawn("haproxy", cmd, &dir_path.join("haproxy.log"))?;
-                process
-                    .wait_ready(READY_TIMEOUT, || {
-                        let socket = socket.clone();
-                        async move { runtime_command(&socket, "show info").await.is_ok() }
-                    })
-                    .await?;
-                Ok((process, port))
-            }
-        })
-        .await?;
-        Ok(Self { process, dir, frontend: SocketAddr::new(ip, port) })
+        let (config, socket) = (dir_path.join("haproxy.cfg"), dir_path.join("admin.sock"));
+        let command = |port: u16| {
+            std::fs::write(&config, render_config(&socket, SocketAddr::new(ip, port), members))
+                .map_err(|e| SandboxError::io("writing haproxy.cfg", e))?;
+            let mut cmd = Command::new("haproxy");
+            cmd.arg("-db").arg("-f").arg(&config);
+            Ok(cmd)
+        };
+        let probe = |_| async { runtime_command(&socket, "show info").await.is_ok() };
+        let (process, frontend) =
+            start_server("haproxy", ip, preferred_port, &dir_path.join("haproxy.log"), command, probe)
+                .await?;
+        Ok(Self { process, dir, frontend })
     }
 
     pub fn frontend(&self) -> SocketAddr {

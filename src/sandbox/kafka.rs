@@ -4,8 +4,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
-use super::process::{ServerDir, ServerProcess, retry_port};
-use super::{READY_TIMEOUT, SandboxError, run_command};
+use super::process::{ServerDir, ServerProcess, start_server};
+use super::{SandboxError, run_command};
 
 #[derive(Debug)]
 pub struct Broker {
@@ -25,28 +25,20 @@ impl Broker {
         preferred_port: Option<u16>,
     ) -> Result<Self, SandboxError> {
         let dir_path = dir.path().to_path_buf();
-        let (process, port) = retry_port(ip, preferred_port, |port| {
-            let dir_path = dir_path.clone();
-            async move {
-                let url = format!("tcp://{ip}:{port}");
-                let mut cmd = Command::new("nisshi");
-                // nisshi resolves a sqlite:// path against its working directory (an absolute
-                // path loses its leading slash), so it runs in its own folder.
-                cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
-                    .args(["--storage-engine", "sqlite://broker.db"])
-                    .current_dir(&dir_path);
-                let mut process = ServerProcess::spawn("kafka", cmd, &dir_path.join("nisshi.log"))?;
-                let addr = SocketAddr::new(ip, port);
-                process
-                    .wait_ready(READY_TIMEOUT, || async move {
-                        tokio::net::TcpStream::connect(addr).await.is_ok()
-                    })
-                    .await?;
-                Ok((process, port))
-            }
-        })
-        .await?;
-        Ok(Self { process, dir, addr: SocketAddr::new(ip, port) })
+        let command = |port: u16| {
+            let url = format!("tcp://{ip}:{port}");
+            let mut cmd = Command::new("nisshi");
+            // nisshi resolves a sqlite:// path against its working directory (an absolute path
+            // loses its leading slash), so it runs in its own folder.
+            cmd.args(["broker", "--listener-url", &url, "--advertised-listener-url", &url])
+                .args(["--storage-engine", "sqlite://broker.db"])
+                .current_dir(&dir_path);
+            Ok(cmd)
+        };
+        let probe = |addr| async move { tokio::net::TcpStream::connect(addr).await.is_ok() };
+        let (process, addr) =
+            start_server("kafka", ip, preferred_port, &dir_path.join("nisshi.log"), command, probe).await?;
+        Ok(Self { process, dir, addr })
     }
 
     /// `host:port` for a Kafka client's `bootstrap.servers`.

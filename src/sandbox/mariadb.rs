@@ -12,8 +12,27 @@ use std::process::Command;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 
-use super::process::{ServerDir, ServerProcess, retry_port};
+use super::process::{ServerDir, ServerProcess, start_server};
 use super::{READY_TIMEOUT, SandboxError, run_command};
+
+/// Server options ferry's capture relies on (components.md), the same for every instance.
+const SERVER_ARGS: &[&str] = &[
+    "--log-bin=binlog",
+    "--relay-log=relay",
+    "--log-slave-updates=ON",
+    "--binlog-format=ROW",
+    "--binlog-row-image=FULL",
+    "--binlog-row-metadata=FULL",
+    "--skip-name-resolve",
+    "--character-set-server=utf8mb4",
+    "--collation-server=utf8mb4_unicode_ci",
+    "--default-time-zone=+00:00",
+    "--innodb-buffer-pool-size=64M",
+    "--innodb-log-file-size=16M",
+    "--rpl-semi-sync-master-timeout=2000",
+    "--skip-slave-start",
+    "--max-connections=300",
+];
 
 /// User that in-region replicas connect as.
 pub const REPL_USER: &str = "repl";
@@ -135,66 +154,43 @@ impl MariaDb {
         }
         run_command(&format!("mariadb-install-db for {}", opts.name), &mut install).await?;
 
-        let ip = opts.ip;
-        retry_port(ip, opts.preferred_port, |port| {
-            let (opts, dir_path, data) = (opts.clone(), dir.path().to_path_buf(), data.clone());
-            async move {
-                let mut cmd = Command::new("mariadbd");
-                cmd.arg("--no-defaults")
-                    .arg(format!("--datadir={}", data.display()))
-                    .arg(format!("--socket={}", dir_path.join("mysqld.sock").display()))
-                    .arg(format!("--pid-file={}", dir_path.join("mysqld.pid").display()))
-                    .arg(format!("--tmpdir={}", dir_path.join("tmp").display()))
-                    .arg(format!("--port={port}"))
-                    .arg(format!("--bind-address={ip}"))
-                    .arg(format!("--server-id={}", opts.server_id))
-                    .arg(format!("--gtid-domain-id={}", opts.gtid_domain_id))
-                    .args([
-                        "--log-bin=binlog",
-                        "--relay-log=relay",
-                        "--log-slave-updates=ON",
-                        "--binlog-format=ROW",
-                        "--binlog-row-image=FULL",
-                        "--binlog-row-metadata=FULL",
-                        "--skip-name-resolve",
-                        "--character-set-server=utf8mb4",
-                        "--collation-server=utf8mb4_unicode_ci",
-                        "--default-time-zone=+00:00",
-                        "--innodb-buffer-pool-size=64M",
-                        "--innodb-log-file-size=16M",
-                        "--rpl-semi-sync-master-timeout=2000",
-                        "--skip-slave-start",
-                        "--max-connections=300",
-                    ]);
-                cmd.args(&opts.extra_args);
-                if replica {
-                    cmd.arg("--read-only=ON");
-                }
-                if is_root() {
-                    cmd.arg("--user=root");
-                }
-                let log = dir_path.join("mariadbd.log");
-                let mut process = ServerProcess::spawn(&opts.name, cmd, &log)?;
-                let socket = dir_path.join("mysqld.sock");
-                process
-                    .wait_ready(READY_TIMEOUT, || {
-                        let socket = socket.clone();
-                        async move {
-                            match Conn::new(root_opts(&socket)).await {
-                                Ok(c) => {
-                                    c.disconnect().await.ok();
-                                    true
-                                }
-                                Err(_) => false,
-                            }
-                        }
-                    })
-                    .await?;
-                Ok((process, port))
+        let dir_path = dir.path().to_path_buf();
+        let socket = dir_path.join("mysqld.sock");
+        let command = |port: u16| {
+            let mut cmd = Command::new("mariadbd");
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!("--pid-file={}", dir_path.join("mysqld.pid").display()))
+                .arg(format!("--tmpdir={}", tmp.display()))
+                .arg(format!("--port={port}"))
+                .arg(format!("--bind-address={}", opts.ip))
+                .arg(format!("--server-id={}", opts.server_id))
+                .arg(format!("--gtid-domain-id={}", opts.gtid_domain_id))
+                .args(SERVER_ARGS)
+                .args(&opts.extra_args);
+            if replica {
+                cmd.arg("--read-only=ON");
             }
-        })
-        .await
-        .map(|(process, port)| MariaDb { process, dir, opts, port })
+            if is_root() {
+                cmd.arg("--user=root");
+            }
+            Ok(cmd)
+        };
+        // Ready when root can log in over the socket (TCP has no user yet on a new primary).
+        let probe = |_| async {
+            match Conn::new(root_opts(&socket)).await {
+                Ok(c) => {
+                    c.disconnect().await.ok();
+                    true
+                }
+                Err(_) => false,
+            }
+        };
+        let log = dir_path.join("mariadbd.log");
+        let (process, addr) =
+            start_server(&opts.name, opts.ip, opts.preferred_port, &log, command, probe).await?;
+        Ok(MariaDb { process, dir, port: addr.port(), opts })
     }
 
     async fn wait_caught_up(&self, primary: &MariaDb) -> Result<(), SandboxError> {

@@ -241,11 +241,7 @@ const PORT_ATTEMPTS: usize = 3;
 
 /// Run `start` with a freshly picked port until it succeeds or fails for a reason other than
 /// the port being taken.
-pub async fn retry_port<T, F, Fut>(
-    ip: IpAddr,
-    preferred: Option<u16>,
-    mut start: F,
-) -> Result<T, SandboxError>
+async fn retry_port<T, F, Fut>(ip: IpAddr, preferred: Option<u16>, mut start: F) -> Result<T, SandboxError>
 where
     F: FnMut(u16) -> Fut,
     Fut: Future<Output = Result<T, SandboxError>>,
@@ -263,6 +259,35 @@ where
             other => return other,
         }
     }
+}
+
+/// Start a server on `ip` (`preferred_port` if free): `command` builds the command line for a
+/// port (and may write config files for it), the output goes to `log`, and `probe` is polled
+/// with the server's address until it answers. Retried on a new port if the port was taken.
+pub async fn start_server<C, P, Fut>(
+    name: &str,
+    ip: IpAddr,
+    preferred_port: Option<u16>,
+    log: &Path,
+    mut command: C,
+    probe: P,
+) -> Result<(ServerProcess, SocketAddr), SandboxError>
+where
+    C: FnMut(u16) -> Result<Command, SandboxError>,
+    P: Fn(SocketAddr) -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let probe = &probe;
+    retry_port(ip, preferred_port, |port| {
+        let cmd = command(port);
+        async move {
+            let addr = SocketAddr::new(ip, port);
+            let mut process = ServerProcess::spawn(name, cmd?, log)?;
+            process.wait_ready(super::READY_TIMEOUT, || probe(addr)).await?;
+            Ok((process, addr))
+        }
+    })
+    .await
 }
 
 #[cfg(test)]

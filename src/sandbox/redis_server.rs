@@ -3,8 +3,8 @@
 use std::net::{IpAddr, SocketAddr};
 use std::process::Command;
 
-use super::process::{ServerDir, ServerProcess, retry_port};
-use super::{READY_TIMEOUT, SandboxError};
+use super::SandboxError;
+use super::process::{ServerDir, ServerProcess, start_server};
 
 #[derive(Debug)]
 pub struct RedisServer {
@@ -30,34 +30,28 @@ impl RedisServer {
         replica_of: Option<SocketAddr>,
     ) -> Result<Self, SandboxError> {
         let dir_path = dir.path().to_path_buf();
-        let (process, port) = retry_port(ip, preferred_port, |port| {
-            let dir_path = dir_path.clone();
-            async move {
-                let mut cmd = Command::new("redis-server");
-                cmd.args(["--bind", &ip.to_string(), "--port", &port.to_string()])
-                    .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
-                    // Diskless sync waits 5 s by default for more replicas to join; nothing joins later here.
-                    .args(["--repl-diskless-sync-delay", "0"])
-                    .args(["--protected-mode", "no", "--dir"])
-                    .arg(&dir_path);
-                if let Some(primary) = replica_of {
-                    cmd.args(["--replicaof", &primary.ip().to_string(), &primary.port().to_string()]);
-                }
-                let mut process = ServerProcess::spawn(name, cmd, &dir_path.join("redis.log"))?;
-                let addr = SocketAddr::new(ip, port);
-                process
-                    .wait_ready(READY_TIMEOUT, || async move {
-                        match replica_of {
-                            None => ping(addr).await,
-                            Some(_) => link_up(addr).await,
-                        }
-                    })
-                    .await?;
-                Ok((process, port))
+        let command = |port: u16| {
+            let mut cmd = Command::new("redis-server");
+            cmd.args(["--bind", &ip.to_string(), "--port", &port.to_string()])
+                .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
+                // Diskless sync waits 5 s by default for more replicas to join; none join later here.
+                .args(["--repl-diskless-sync-delay", "0"])
+                .args(["--protected-mode", "no", "--dir"])
+                .arg(&dir_path);
+            if let Some(primary) = replica_of {
+                cmd.args(["--replicaof", &primary.ip().to_string(), &primary.port().to_string()]);
             }
-        })
-        .await?;
-        Ok(Self { process, dir, name: name.to_string(), addr: SocketAddr::new(ip, port) })
+            Ok(cmd)
+        };
+        let probe = |addr| async move {
+            match replica_of {
+                None => ping(addr).await,
+                Some(_) => link_up(addr).await,
+            }
+        };
+        let (process, addr) =
+            start_server(name, ip, preferred_port, &dir_path.join("redis.log"), command, probe).await?;
+        Ok(Self { process, dir, name: name.to_string(), addr })
     }
 
     pub fn name(&self) -> &str {
