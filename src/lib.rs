@@ -4,19 +4,23 @@
 //! Module map (each module's own docs state its contract):
 //! - [`config`]: typed configuration, loading with `FERRY__*` env overrides, validation that
 //!   reports every problem with its YAML path.
+//! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.
 //! - [`app`]: the supervisor: roles, readiness, ordered shutdown under a grace timeout.
 //! - [`status`]: the board where roles report their state; backs `/health/ready` and `/status`.
 //! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
+//! - [`model`]: GTIDs and positions, typed column values, row changes (plain data).
 //! - [`schema`]: DDL of the `ferry` metadata schema every primary carries.
 //! - [`sandbox`]: real servers of a local multi-region topology; also the test harness.
 //! - [`logging`]: tracing set-up (text or JSON).
 
 pub mod app;
+pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod logging;
 pub mod metrics;
+pub mod model;
 pub mod sandbox;
 pub mod schema;
 pub mod status;

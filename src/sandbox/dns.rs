@@ -31,7 +31,7 @@ impl TsigKey {
         Ok(Self {
             name: name.into(),
             algorithm: "hmac-sha256".into(),
-            secret: base64(&random_bytes::<32>()?),
+            secret: crate::model::base64::encode(&random_bytes::<32>()?),
         })
     }
 
@@ -151,40 +151,4 @@ async fn soa_answers(addr: SocketAddr, zone: &str) -> bool {
         "SOA",
     ]);
     matches!(run_command("kdig", &mut cmd).await, Ok(out) if !out.trim().is_empty())
-}
-
-/// Standard base64 with padding (RFC 4648), for TSIG secrets.
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        for (input, want) in [
-            ("", ""),
-            ("f", "Zg=="),
-            ("fo", "Zm8="),
-            ("foo", "Zm9v"),
-            ("foob", "Zm9vYg=="),
-            ("fooba", "Zm9vYmE="),
-            ("foobar", "Zm9vYmFy"),
-        ] {
-            assert_eq!(super::base64(input.as_bytes()), want, "base64({input:?})");
-        }
-    }
 }

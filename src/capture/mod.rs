@@ -1,0 +1,6 @@
+//! Capture: tail the local primary's binlog by GTID, decode each transaction into row changes,
+//! keep only this region's own transactions, and hand them on (to Kafka, or to `ferry tail`).
+
+pub mod decode;
+pub mod source;
+pub mod txn;

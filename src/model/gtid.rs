@@ -1,0 +1,188 @@
+//! GTIDs and replication positions.
+//!
+//! MariaDB: a GTID is `domain-server-seq`; a position holds the last GTID of each domain (what
+//! `@@gtid_slave_pos` and `@slave_connect_state` use). MySQL 8: `uuid:gno`; its positions are
+//! GTID sets (see `capture::mysql8`).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{input}` is not a GTID: {reason}")]
+pub struct GtidParseError {
+    pub input: String,
+    pub reason: &'static str,
+}
+
+/// A MariaDB GTID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MariaGtid {
+    pub domain: u32,
+    pub server_id: u32,
+    pub seq: u64,
+}
+
+impl fmt::Display for MariaGtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}-{}", self.domain, self.server_id, self.seq)
+    }
+}
+
+impl FromStr for MariaGtid {
+    type Err = GtidParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| GtidParseError { input: s.to_string(), reason };
+        let mut parts = s.trim().splitn(3, '-');
+        let mut next = || parts.next().ok_or(err("expected domain-server-seq"));
+        let domain = next()?.parse().map_err(|_| err("bad domain id"))?;
+        let server_id = next()?.parse().map_err(|_| err("bad server id"))?;
+        let seq = next()?.parse().map_err(|_| err("bad sequence number"))?;
+        Ok(Self { domain, server_id, seq })
+    }
+}
+
+/// A GTID of either server family.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Gtid {
+    MariaDb(MariaGtid),
+    /// MySQL 8: source UUID (as text, lowercase) and transaction number.
+    MySql {
+        uuid: String,
+        gno: u64,
+    },
+}
+
+impl fmt::Display for Gtid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gtid::MariaDb(g) => g.fmt(f),
+            Gtid::MySql { uuid, gno } => write!(f, "{uuid}:{gno}"),
+        }
+    }
+}
+
+impl FromStr for Gtid {
+    type Err = GtidParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once(':') {
+            Some((uuid, gno)) => {
+                let err = |reason| GtidParseError { input: s.to_string(), reason };
+                let hex = uuid.chars().filter(|c| *c != '-').count();
+                if hex != 32 || !uuid.chars().all(|c| c == '-' || c.is_ascii_hexdigit()) {
+                    return Err(err("bad server UUID"));
+                }
+                let gno = gno.parse().map_err(|_| err("bad transaction number"))?;
+                Ok(Gtid::MySql { uuid: uuid.to_ascii_lowercase(), gno })
+            }
+            None => s.parse().map(Gtid::MariaDb),
+        }
+    }
+}
+
+impl Serialize for Gtid {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Gtid {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A MariaDB replication position: the last GTID of each domain. Text form `1-101-5,2-201-9`
+/// (empty string = the very beginning).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Position {
+    domains: BTreeMap<u32, MariaGtid>,
+}
+
+impl Position {
+    /// Record `gtid` as the latest of its domain.
+    pub fn advance(&mut self, gtid: MariaGtid) {
+        self.domains.insert(gtid.domain, gtid);
+    }
+
+    /// The last GTID seen in `domain`.
+    pub fn get(&self, domain: u32) -> Option<MariaGtid> {
+        self.domains.get(&domain).copied()
+    }
+
+    /// True when `gtid` is at or before this position in its domain.
+    pub fn includes(&self, gtid: MariaGtid) -> bool {
+        self.domains.get(&gtid.domain).is_some_and(|p| p.seq >= gtid.seq)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.domains.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = MariaGtid> + '_ {
+        self.domains.values().copied()
+    }
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.domains.values().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            g.fmt(f)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Position {
+    type Err = GtidParseError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut pos = Position::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let g: MariaGtid = part.parse()?;
+            if pos.domains.insert(g.domain, g).is_some() {
+                return Err(GtidParseError { input: s.to_string(), reason: "a domain appears twice" });
+            }
+        }
+        Ok(pos)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gtids_round_trip_through_text() {
+        for text in ["0-1-1", "1-101-18446744073709551615", "4294967295-4294967295-0"] {
+            let g: MariaGtid = text.parse().unwrap();
+            assert_eq!(g.to_string(), text);
+            assert_eq!(text.parse::<Gtid>().unwrap().to_string(), text);
+        }
+        let my = "3E11FA47-71CA-11E1-9E33-C80AA9429562:23";
+        assert_eq!(my.parse::<Gtid>().unwrap().to_string(), my.to_ascii_lowercase());
+        for bad in ["", "1-2", "1-2-x", "-1-2-3", "1-2-3-4", "zz:1", "3E11FA47-71CA-11E1-9E33-C80AA9429562:x"]
+        {
+            assert!(bad.parse::<Gtid>().is_err(), "{bad:?} must not parse");
+        }
+    }
+
+    #[test]
+    fn position_keeps_the_last_gtid_per_domain() {
+        let mut p: Position = "2-201-9,1-101-5".parse().unwrap();
+        assert_eq!(p.to_string(), "1-101-5,2-201-9", "sorted by domain");
+        p.advance("1-101-6".parse().unwrap());
+        assert!(p.includes("1-101-6".parse().unwrap()));
+        assert!(p.includes("2-201-3".parse().unwrap()));
+        assert!(!p.includes("2-201-10".parse().unwrap()));
+        assert!(!p.includes("3-301-1".parse().unwrap()), "unknown domain");
+        assert_eq!(p.to_string(), "1-101-6,2-201-9");
+        assert!("".parse::<Position>().unwrap().is_empty());
+        assert!("1-1-1,1-2-2".parse::<Position>().is_err(), "duplicate domain");
+    }
+}
