@@ -252,8 +252,14 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (http.listen): {e}", config.http.listen))?;
     tracing::info!(region = %config.region, http = %http.local_addr()?, version = crate::VERSION, "ferry running");
-    let supervisor = Supervisor::new(config.shutdown.grace, status, metrics);
-    // Roles (capture, apply, watch, ...) are added here as they are built.
+    let mut supervisor = Supervisor::new(config.shutdown.grace, status, metrics.clone());
+    let capture_metrics = crate::capture::metrics::CaptureMetrics::register(&metrics);
+    if let Some(role) = crate::capture::role::CaptureRole::from_config(&config, capture_metrics.clone()) {
+        supervisor.add(Box::new(role));
+    }
+    if let Some(role) = crate::capture::role::HeartbeatRole::from_config(&config, capture_metrics) {
+        supervisor.add(Box::new(role));
+    }
     let outcome = supervisor.run(http, shutdown_signal()).await;
     match &outcome {
         Outcome::Clean => tracing::info!("ferry stopped cleanly"),

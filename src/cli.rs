@@ -30,6 +30,21 @@ enum Command {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
     },
+    /// Print decoded transactions straight from the local primary's binlog as JSON lines (the
+    /// envelope capture would publish), without Kafka. Runs until Ctrl-C.
+    Tail {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// Start after this GTID position (`1-101-5,2-201-9`); default: the current position.
+        #[arg(long)]
+        from: Option<String>,
+        /// Only rows of this table (`db.table`); repeatable.
+        #[arg(long)]
+        table: Vec<String>,
+        /// Also print transactions of other regions (applied here by ferry).
+        #[arg(long)]
+        all_origins: bool,
+    },
     /// A local multi-region topology of real servers (MariaDB, Redis, Kafka, DNS, HAProxy).
     Sandbox {
         #[command(subcommand)]
@@ -84,6 +99,7 @@ pub fn main() -> i32 {
     match cli.command {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
+        Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
         Command::Sandbox { command } => {
             logging::init(LogFormat::Text, "warn,ferry=info");
             block_on(sandbox_command(command))
@@ -119,6 +135,30 @@ fn run(path: &Path) -> i32 {
             Ok(outcome) => outcome.exit_code(),
             Err(e) => {
                 tracing::error!(error = %format!("{e:#}"), "ferry failed to start");
+                1
+            }
+        }
+    })
+}
+
+fn tail(path: &Path, from: Option<String>, tables: Vec<String>, all_origins: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(config.log.format, "warn");
+    let from = match from.map(|f| f.parse::<crate::model::Position>()).transpose() {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("--from: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    block_on(async move {
+        match crate::capture::tail::run(&config, from, tables, all_origins).await {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ferry tail: {e}");
                 1
             }
         }

@@ -11,6 +11,7 @@
 //! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
 //! - [`model`]: GTIDs and positions, typed column values, row changes (plain data).
 //! - [`schema`]: DDL of the `ferry` metadata schema every primary carries.
+//! - [`transport`]: the versioned wire envelope, Kafka publishing, topic names.
 //! - [`sandbox`]: real servers of a local multi-region topology; also the test harness.
 //! - [`logging`]: tracing set-up (text or JSON).
 
@@ -24,6 +25,7 @@ pub mod model;
 pub mod sandbox;
 pub mod schema;
 pub mod status;
+pub mod transport;
 
 /// ferry's version, from Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

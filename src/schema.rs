@@ -58,3 +58,12 @@ pub const STATEMENTS: &[&str] = &[
         written_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
     ) ENGINE=InnoDB",
 ];
+
+/// Create the `ferry` schema if missing (idempotent).
+pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    for sql in STATEMENTS {
+        conn.query_drop(*sql).await?;
+    }
+    Ok(())
+}

@@ -67,14 +67,20 @@ struct Open {
 
 #[derive(Debug)]
 pub struct Assembler {
-    local_domain: u32,
+    /// `None`: every domain counts as local (`ferry tail --all-origins`).
+    local_domain: Option<u32>,
     position: Position,
     open: Option<Open>,
 }
 
 impl Assembler {
     pub fn new(local_domain: u32, start: Position) -> Self {
-        Self { local_domain, position: start, open: None }
+        Self { local_domain: Some(local_domain), position: start, open: None }
+    }
+
+    /// An assembler that forwards every domain's transactions.
+    pub fn all_domains(start: Position) -> Self {
+        Self { local_domain: None, position: start, open: None }
     }
 
     /// The position after the last transaction that ended.
@@ -95,7 +101,7 @@ impl Assembler {
                 }
                 self.open = Some(Open {
                     header: TxnHeader { gtid, server_id, commit_time_us },
-                    local: gtid.domain == self.local_domain,
+                    local: self.local_domain.is_none_or(|d| gtid.domain == d),
                     standalone,
                     forwarded: 0,
                     touched_checkpoint: false,
@@ -251,6 +257,14 @@ mod tests {
         );
         assert_eq!(outcome(&steps), Some((Outcome::Empty, 0, "1-101-5".into())));
         assert!(!a.in_transaction());
+    }
+
+    #[test]
+    fn all_domains_mode_forwards_every_origin() {
+        let mut a = Assembler::all_domains(Position::default());
+        a.feed(begin("2-201-9", false)).unwrap();
+        assert_eq!(a.feed(rows_of(&[("psi", "stock")])).unwrap().len(), 1);
+        assert_eq!(outcome(&a.feed(SourceEvent::Commit).unwrap()).map(|o| o.0), Some(Outcome::Forwarded));
     }
 
     #[test]

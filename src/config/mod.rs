@@ -19,6 +19,19 @@ use serde::{Deserialize, Serialize};
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 
+impl MysqlConfig {
+    /// Connection options for this region's primary.
+    pub fn primary_opts(&self) -> mysql_async::Opts {
+        mysql_async::OptsBuilder::default()
+            .ip_or_hostname(self.primary.host.clone())
+            .tcp_port(self.primary.port)
+            .user(Some(self.user.clone()))
+            .pass(Some(self.password.expose().to_string()))
+            .prefer_socket(false)
+            .into()
+    }
+}
+
 /// The whole configuration of one ferry process.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,6 +46,10 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub shutdown: ShutdownConfig,
+    /// The capture role: tail the local primary's binlog and publish local transactions.
+    /// Absent = this process does not capture.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capture: Option<CaptureConfig>,
 }
 
 impl Config {
@@ -125,6 +142,46 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
     }
+}
+
+/// Capture settings (see `capture`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The server id the binlog reader registers with; unique across every server and reader.
+    pub server_id: u32,
+    /// How often the primary sends a heartbeat on an idle stream; three missed = reconnect.
+    #[serde(default = "default_heartbeat_period", with = "humantime_serde")]
+    pub heartbeat_period: Duration,
+    /// Target size of one Kafka record (a transaction spans as many as it needs). Keep it
+    /// under the broker's message size limit.
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Published but not yet acknowledged bytes; reading the binlog pauses above this.
+    #[serde(default = "default_max_inflight_bytes")]
+    pub max_inflight_bytes: usize,
+    /// How often the acknowledged position is written to `ferry.capture_checkpoint`.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Write `ferry.heartbeat` every second so other regions can measure end-to-end lag.
+    #[serde(default = "default_true")]
+    pub write_heartbeat: bool,
+}
+
+fn default_heartbeat_period() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_max_record_bytes() -> usize {
+    512 * 1024
+}
+fn default_max_inflight_bytes() -> usize {
+    64 * 1024 * 1024
+}
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! across regions, well-formed addresses and names. Pure: no I/O.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::load::Finding;
 use super::{Config, DbServer};
@@ -102,6 +103,39 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         }
     }
 
+    if let Some(capture) = &config.capture {
+        let at = "capture.server_id".to_string();
+        if capture.server_id == 0 {
+            push(at, "must not be 0".into(), None);
+        } else if let Some(first) = server_ids.get(&capture.server_id) {
+            push(
+                at,
+                format!(
+                    "server_id {} is also used by {first}; the binlog reader needs its own",
+                    capture.server_id
+                ),
+                None,
+            );
+        }
+        if capture.heartbeat_period < Duration::from_millis(100)
+            || capture.heartbeat_period > Duration::from_secs(60)
+        {
+            push("capture.heartbeat_period".into(), "must be between 100ms and 60s".into(), None);
+        }
+        if !(16 * 1024..=16 * 1024 * 1024).contains(&capture.max_record_bytes) {
+            push("capture.max_record_bytes".into(), "must be between 16384 and 16777216".into(), None);
+        }
+        if capture.max_inflight_bytes < 2 * capture.max_record_bytes {
+            push(
+                "capture.max_inflight_bytes".into(),
+                "must be at least twice capture.max_record_bytes".into(),
+                None,
+            );
+        }
+        if capture.checkpoint_interval.is_zero() {
+            push("capture.checkpoint_interval".into(), "must be longer than 0s".into(), None);
+        }
+    }
     if let Err(e) = tracing_subscriber::EnvFilter::try_new(&config.log.level) {
         push("log.level".into(), format!("not a valid log filter: {e}"), None);
     }

@@ -53,6 +53,45 @@ pub const PROCESS_OPEN_FDS: MetricName =
     m("ferry_process_open_fds", Gauge, "Number of open file descriptors");
 pub const PROCESS_THREADS: MetricName = m("ferry_process_threads", Gauge, "Number of OS threads");
 
+pub const CAPTURE_CONNECTED: MetricName =
+    m("ferry_capture_connected", Gauge, "1 while the binlog stream of the local primary is connected");
+pub const CAPTURE_EVENTS: MetricName = m(
+    "ferry_capture_events",
+    Counter,
+    "Binlog events read (rows events, transactions, statements, heartbeats)",
+);
+pub const CAPTURE_TRANSACTIONS: MetricName = m(
+    "ferry_capture_transactions",
+    Counter,
+    "Transactions read, by kind: forwarded, empty, checkpoint, or foreign (applied from another region, loop-filtered)",
+);
+pub const CAPTURE_ROWS: MetricName = m("ferry_capture_rows", Counter, "Row changes forwarded for publishing");
+pub const CAPTURE_PUBLISHED_TRANSACTIONS: MetricName =
+    m("ferry_capture_published_transactions", Counter, "Transactions whose records the broker acknowledged");
+pub const CAPTURE_PUBLISHED_RECORDS: MetricName =
+    m("ferry_capture_published_records", Counter, "Records the broker acknowledged");
+pub const CAPTURE_PUBLISHED_BYTES: MetricName =
+    m("ferry_capture_published_bytes", Counter, "Payload bytes the broker acknowledged");
+pub const CAPTURE_STATEMENTS: MetricName = m(
+    "ferry_capture_statements",
+    Counter,
+    "Statements not replicated (DDL and the like), recorded in the log",
+);
+pub const CAPTURE_RECONNECTS: MetricName =
+    m("ferry_capture_reconnects", Counter, "Times capture restarted from its checkpoint after an error");
+pub const CAPTURE_CHECKPOINT_AGE: MetricName = m(
+    "ferry_capture_checkpoint_age_seconds",
+    Gauge,
+    "Seconds since the checkpoint was last written (or found current)",
+);
+pub const CAPTURE_LAG: MetricName = m(
+    "ferry_capture_lag_seconds",
+    Gauge,
+    "Now minus the origin commit time of the last transaction the broker acknowledged",
+);
+pub const HEARTBEAT_WRITES: MetricName =
+    m("ferry_heartbeat_writes", Counter, "ferry.heartbeat writes, by result (ok, error)");
+
 /// Every metric ferry can export.
 pub const ALL: &[MetricName] = &[
     BUILD,
@@ -63,6 +102,18 @@ pub const ALL: &[MetricName] = &[
     PROCESS_RESIDENT_MEMORY,
     PROCESS_OPEN_FDS,
     PROCESS_THREADS,
+    CAPTURE_CONNECTED,
+    CAPTURE_EVENTS,
+    CAPTURE_TRANSACTIONS,
+    CAPTURE_ROWS,
+    CAPTURE_PUBLISHED_TRANSACTIONS,
+    CAPTURE_PUBLISHED_RECORDS,
+    CAPTURE_PUBLISHED_BYTES,
+    CAPTURE_STATEMENTS,
+    CAPTURE_RECONNECTS,
+    CAPTURE_CHECKPOINT_AGE,
+    CAPTURE_LAG,
+    HEARTBEAT_WRITES,
 ];
 
 #[cfg(test)]

@@ -1,0 +1,54 @@
+//! Capture's metrics (names in `metrics::names`).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use crate::metrics::{Metrics, names};
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CaptureMetrics {
+    pub connected: Gauge,
+    pub events: Counter,
+    pub transactions: Family<KindLabels, Counter>,
+    pub rows: Counter,
+    pub published_transactions: Counter,
+    pub published_records: Counter,
+    pub published_bytes: Counter,
+    pub statements: Counter,
+    pub reconnects: Counter,
+    /// Seconds, as a float gauge.
+    pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub heartbeat_writes: Family<ResultLabels, Counter>,
+}
+
+impl CaptureMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self::default();
+        metrics.register(names::CAPTURE_CONNECTED, m.connected.clone());
+        metrics.register(names::CAPTURE_EVENTS, m.events.clone());
+        metrics.register(names::CAPTURE_TRANSACTIONS, m.transactions.clone());
+        metrics.register(names::CAPTURE_ROWS, m.rows.clone());
+        metrics.register(names::CAPTURE_PUBLISHED_TRANSACTIONS, m.published_transactions.clone());
+        metrics.register(names::CAPTURE_PUBLISHED_RECORDS, m.published_records.clone());
+        metrics.register(names::CAPTURE_PUBLISHED_BYTES, m.published_bytes.clone());
+        metrics.register(names::CAPTURE_STATEMENTS, m.statements.clone());
+        metrics.register(names::CAPTURE_RECONNECTS, m.reconnects.clone());
+        metrics.register(names::CAPTURE_CHECKPOINT_AGE, m.checkpoint_age.clone());
+        metrics.register(names::CAPTURE_LAG, m.lag.clone());
+        metrics.register(names::HEARTBEAT_WRITES, m.heartbeat_writes.clone());
+        m
+    }
+}

@@ -1,0 +1,299 @@
+//! The capture pipeline: binlog source → transactions → records → sink, with acknowledged
+//! progress.
+//!
+//! Contract: [`Progress`] only ever holds a position whose every local transaction was fully
+//! acknowledged by the sink, in binlog order. Restarting from it may repeat records, never skip
+//! one. Unacknowledged bytes are bounded by `max_inflight_bytes` (reading pauses above it), and a
+//! transaction's rows stream through in records of `max_record_bytes`, so memory stays bounded
+//! whatever the transaction size.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mysql_async::Opts;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{CaptureMetrics, KindLabels};
+use super::source::{BinlogSource, SourceError};
+use super::txn::{AssembleError, Assembler, Outcome, Step};
+use crate::model::{Position, RowChange};
+use crate::transport::envelope::{EnvelopeError, Record, RecordBuilder};
+use crate::transport::kafka::{AckFuture, RecordSink, SinkError};
+
+/// Records waiting for their ack; the byte budget is the real bound, this only caps entries.
+const ACK_QUEUE: usize = 4096;
+/// How long shutdown waits for outstanding acks.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("binlog transaction structure: {0}")]
+    Assemble(#[from] AssembleError),
+    #[error(transparent)]
+    Envelope(#[from] EnvelopeError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error("checkpoint store: {0}")]
+    Checkpoint(String),
+    #[error("preflight: {0}")]
+    Preflight(String),
+}
+
+impl CaptureError {
+    /// Worth retrying by reconnecting from the checkpoint (the same input would not fail again).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            CaptureError::Source(e) => e.is_transient(),
+            CaptureError::Sink(_) | CaptureError::Checkpoint(_) => true,
+            CaptureError::Assemble(_) | CaptureError::Envelope(_) | CaptureError::Preflight(_) => false,
+        }
+    }
+}
+
+/// Acknowledged progress, watched by the checkpoint writer.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Progress {
+    /// Everything up to here is acknowledged.
+    pub position: Position,
+    /// Bumped when `position` advanced for a reason other than capture's own checkpoint write
+    /// (so writing the checkpoint never causes another write).
+    pub generation: u64,
+    /// Origin commit time of the last acknowledged published transaction.
+    pub last_commit_us: Option<i64>,
+}
+
+/// Which rows to forward (`ferry tail --table`); `None` = all.
+pub type RowFilter = Option<Arc<dyn Fn(&RowChange) -> bool + Send + Sync>>;
+
+#[derive(Clone)]
+pub struct PipelineSettings {
+    pub region: String,
+    /// This region's GTID domain; `None` forwards every domain (`ferry tail --all-origins`).
+    pub local_domain: Option<u32>,
+    pub reader_server_id: u32,
+    pub heartbeat: Duration,
+    pub max_record_bytes: usize,
+    pub max_inflight_bytes: usize,
+    pub filter: RowFilter,
+}
+
+struct Mark {
+    position: Position,
+    counts: bool,
+    commit_us: Option<i64>,
+}
+
+struct Pending {
+    ack: Option<AckFuture>,
+    bytes: u64,
+    _permit: Option<OwnedSemaphorePermit>,
+    last_of_txn: bool,
+    mark: Option<Mark>,
+}
+
+/// Stream from `start` until `shutdown` or an error, publishing through `sink` and reporting
+/// acknowledged progress on `progress`. On shutdown: stop reading, wait for outstanding acks.
+pub async fn run<S: RecordSink>(
+    opts: Opts,
+    settings: &PipelineSettings,
+    start: Position,
+    sink: &mut S,
+    progress: &watch::Sender<Progress>,
+    metrics: &CaptureMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let mut source =
+        BinlogSource::connect(opts, settings.reader_server_id, &start, settings.heartbeat).await?;
+    metrics.connected.set(1);
+    tracing::info!(position = %start, "capture streaming");
+    let result = stream(&mut source, settings, start, sink, progress, metrics, shutdown).await;
+    metrics.connected.set(0);
+    result
+}
+
+async fn stream<S: RecordSink>(
+    source: &mut BinlogSource,
+    settings: &PipelineSettings,
+    start: Position,
+    sink: &mut S,
+    progress: &watch::Sender<Progress>,
+    metrics: &CaptureMetrics,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let mut assembler = match settings.local_domain {
+        Some(domain) => Assembler::new(domain, start),
+        None => Assembler::all_domains(start),
+    };
+    let mut builder = RecordBuilder::new(&settings.region, settings.max_record_bytes);
+    let budget = Arc::new(Semaphore::new(settings.max_inflight_bytes));
+    let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
+    let mut acks = tokio::spawn(await_acks(ack_rx, progress.clone(), metrics.clone()));
+    let mut out = Outbox { sink, acks: ack_tx, budget, max: settings.max_inflight_bytes };
+
+    let result: Result<(), CaptureError> = loop {
+        let event = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => break Ok(()),
+            acked = &mut acks => break Err(ack_task_ended(acked)),
+            event = source.next() => event,
+        };
+        let event = match event {
+            Ok(e) => e,
+            Err(e) => break Err(e.into()),
+        };
+        metrics.events.inc();
+        let steps = match assembler.feed(event) {
+            Ok(s) => s,
+            Err(e) => break Err(e.into()),
+        };
+        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, metrics).await {
+            break Err(e);
+        }
+    };
+    // Stop reading; let outstanding acks land so the checkpoint covers them.
+    drop(out);
+    if acks.is_finished() {
+        return result;
+    }
+    match tokio::time::timeout(DRAIN_TIMEOUT, &mut acks).await {
+        Ok(Ok(Ok(()))) => result,
+        Ok(Ok(Err(e))) => result.and(Err(e.into())),
+        Ok(Err(join)) => result.and(Err(CaptureError::Sink(SinkError::Delivery(join.to_string())))),
+        Err(_) => {
+            acks.abort();
+            tracing::warn!(
+                "acknowledgements still outstanding after {DRAIN_TIMEOUT:?}; they will be re-sent on restart"
+            );
+            result
+        }
+    }
+}
+
+fn ack_task_ended(res: Result<Result<(), SinkError>, tokio::task::JoinError>) -> CaptureError {
+    match res {
+        Ok(Ok(())) => CaptureError::Sink(SinkError::Delivery("acknowledgement task ended".into())),
+        Ok(Err(e)) => CaptureError::Sink(e),
+        Err(e) => CaptureError::Sink(SinkError::Delivery(e.to_string())),
+    }
+}
+
+async fn handle_steps<S: RecordSink>(
+    steps: Vec<Step>,
+    settings: &PipelineSettings,
+    builder: &mut RecordBuilder,
+    out: &mut Outbox<'_, S>,
+    metrics: &CaptureMetrics,
+) -> Result<(), CaptureError> {
+    for step in steps {
+        match step {
+            Step::Rows { header, rows } => {
+                for row in rows.iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
+                    metrics.rows.inc();
+                    if let Some(record) = builder.push(header, row)? {
+                        out.send(record, None).await?;
+                    }
+                }
+            }
+            Step::End { header, outcome, position, .. } => {
+                let kind = match outcome {
+                    Outcome::Forwarded => "forwarded",
+                    Outcome::Empty => "empty",
+                    Outcome::Checkpoint => "checkpoint",
+                    Outcome::Foreign => "foreign",
+                };
+                metrics.transactions.get_or_create(&KindLabels { kind }).inc();
+                let counts = outcome != Outcome::Checkpoint;
+                if outcome == Outcome::Forwarded && builder.has_rows_or_records() {
+                    let mark = Mark { position, counts, commit_us: Some(header.commit_time_us) };
+                    out.send(builder.finish(header), Some(mark)).await?;
+                } else {
+                    builder.discard();
+                    out.mark(Mark { position, counts, commit_us: None }).await?;
+                }
+            }
+            Step::Statement { header, schema, query } => {
+                metrics.statements.inc();
+                let shown: String = query.chars().take(300).collect();
+                tracing::info!(
+                    gtid = header.map(|h| h.gtid.to_string()).unwrap_or_default(),
+                    %schema,
+                    statement = %shown,
+                    "statement not replicated: run schema changes in every region"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+struct Outbox<'a, S> {
+    sink: &'a mut S,
+    acks: mpsc::Sender<Pending>,
+    budget: Arc<Semaphore>,
+    max: usize,
+}
+
+impl<S: RecordSink> Outbox<'_, S> {
+    async fn send(&mut self, record: Record, mark: Option<Mark>) -> Result<(), CaptureError> {
+        let want = u32::try_from(record.payload.len().min(self.max)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.budget)
+            .acquire_many_owned(want)
+            .await
+            .map_err(|_| SinkError::Delivery("byte budget closed".into()))?;
+        let ack = self.sink.send(&record).await?;
+        let pending = Pending {
+            ack: Some(ack),
+            bytes: record.payload.len() as u64,
+            _permit: Some(permit),
+            last_of_txn: record.last,
+            mark,
+        };
+        self.acks
+            .send(pending)
+            .await
+            .map_err(|_| SinkError::Delivery("acknowledgement task stopped".into()))?;
+        Ok(())
+    }
+
+    async fn mark(&mut self, mark: Mark) -> Result<(), CaptureError> {
+        let pending = Pending { ack: None, bytes: 0, _permit: None, last_of_txn: false, mark: Some(mark) };
+        self.acks
+            .send(pending)
+            .await
+            .map_err(|_| SinkError::Delivery("acknowledgement task stopped".into()))?;
+        Ok(())
+    }
+}
+
+/// Await acks in send order; advance progress only past fully acknowledged transactions.
+async fn await_acks(
+    mut rx: mpsc::Receiver<Pending>,
+    progress: watch::Sender<Progress>,
+    metrics: CaptureMetrics,
+) -> Result<(), SinkError> {
+    while let Some(pending) = rx.recv().await {
+        if let Some(ack) = pending.ack {
+            ack.await?;
+            metrics.published_records.inc();
+            metrics.published_bytes.inc_by(pending.bytes);
+            if pending.last_of_txn {
+                metrics.published_transactions.inc();
+            }
+        }
+        if let Some(mark) = pending.mark {
+            progress.send_modify(|p| {
+                p.position = mark.position;
+                if mark.counts {
+                    p.generation += 1;
+                }
+                if let Some(c) = mark.commit_us {
+                    p.last_commit_us = Some(c);
+                }
+            });
+        }
+    }
+    Ok(())
+}

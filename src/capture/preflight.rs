@@ -1,0 +1,154 @@
+//! Checks before streaming, each failure a specific error: binlog format and row metadata,
+//! GTIDs, replication privileges, the reader's server id, and whether the checkpoint's range is
+//! still in the binlogs (never silently starting elsewhere).
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use super::pipeline::CaptureError;
+use crate::model::Position;
+
+fn fail(message: String) -> CaptureError {
+    CaptureError::Preflight(message)
+}
+
+fn sql(context: &str, e: mysql_async::Error) -> CaptureError {
+    CaptureError::Checkpoint(format!("{context}: {e}"))
+}
+
+/// Server settings capture needs, with the values it requires.
+const REQUIRED: &[(&str, &str)] = &[
+    ("log_bin", "1"),
+    ("binlog_format", "ROW"),
+    ("binlog_row_image", "FULL"),
+    ("binlog_row_metadata", "FULL"),
+];
+
+pub async fn check_server(conn: &mut Conn, reader_server_id: u32) -> Result<(), CaptureError> {
+    for (name, want) in REQUIRED {
+        let got: Option<String> = conn
+            .query_first(format!("SELECT @@{name}"))
+            .await
+            .map_err(|e| sql("reading server settings", e))?;
+        let got = got.unwrap_or_default();
+        if !got.eq_ignore_ascii_case(want) {
+            return Err(fail(format!("the primary has {name}={got}; capture needs {name}={want}")));
+        }
+    }
+    let compressed: Option<String> = conn.query_first("SELECT @@log_bin_compress").await.unwrap_or(None);
+    if compressed.as_deref() == Some("1") {
+        return Err(fail("the primary has log_bin_compress=ON; compressed events cannot be decoded".into()));
+    }
+    let own: Option<u32> =
+        conn.query_first("SELECT @@server_id").await.map_err(|e| sql("reading @@server_id", e))?;
+    if own == Some(reader_server_id) {
+        return Err(fail(format!("capture.server_id {reader_server_id} is the primary's own server_id")));
+    }
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.map_err(|e| sql("SHOW GRANTS", e))?;
+    let can_replicate = grants.iter().any(|g| {
+        let g = g.to_ascii_uppercase();
+        g.contains("ALL PRIVILEGES ON *.*")
+            || g.contains("REPLICATION SLAVE")
+            || g.contains("REPLICATION REPLICA")
+    });
+    if !can_replicate {
+        return Err(fail("the capture user lacks REPLICATION SLAVE (REPLICA) on *.*".into()));
+    }
+    let hosts: Vec<mysql_async::Row> =
+        conn.query("SHOW SLAVE HOSTS").await.map_err(|e| sql("SHOW SLAVE HOSTS", e))?;
+    for host in hosts {
+        let id: Option<u32> = host.get_opt("Server_id").and_then(Result::ok);
+        let name: String = host.get_opt("Host").and_then(Result::ok).unwrap_or_default();
+        // ferry registers without a host name; a replica reporting one is someone else.
+        if id == Some(reader_server_id) && !name.is_empty() {
+            return Err(fail(format!(
+                "capture.server_id {reader_server_id} is in use by the replica at {name}; give capture its own id"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The GTID state at the start of the oldest binlog still on the server.
+pub async fn oldest_binlog_state(conn: &mut Conn) -> Result<Position, CaptureError> {
+    let logs: Vec<mysql_async::Row> =
+        conn.query("SHOW BINARY LOGS").await.map_err(|e| sql("SHOW BINARY LOGS", e))?;
+    let Some(first) = logs.first() else { return Ok(Position::default()) };
+    let file: String = first.get_opt(0).and_then(Result::ok).unwrap_or_default();
+    let events: Vec<mysql_async::Row> = conn
+        .query(format!("SHOW BINLOG EVENTS IN '{}' LIMIT 4", file.replace('\'', "")))
+        .await
+        .map_err(|e| sql("SHOW BINLOG EVENTS", e))?;
+    for event in events {
+        let kind: String = event.get_opt("Event_type").and_then(Result::ok).unwrap_or_default();
+        if kind.eq_ignore_ascii_case("Gtid_list") {
+            let info: String = event.get_opt("Info").and_then(Result::ok).unwrap_or_default();
+            let list = info.trim().trim_start_matches('[').trim_end_matches(']');
+            return list.parse().map_err(|e| fail(format!("GTID list of {file}: {e}")));
+        }
+    }
+    Ok(Position::default())
+}
+
+/// Decide where to start from the checkpoint and the oldest binlog's state. The local domain
+/// must be complete: a purged range means lost changes, reported with the range and never
+/// skipped. Other domains are only ever skipped by capture, so a purged one is fast-forwarded.
+pub fn resume_position(
+    checkpoint: &Position,
+    oldest: &Position,
+    local_domain: u32,
+) -> Result<Position, CaptureError> {
+    let mut start = checkpoint.clone();
+    for first in oldest.iter() {
+        let have = checkpoint.get(first.domain).map(|g| g.seq).unwrap_or(0);
+        if have >= first.seq {
+            continue;
+        }
+        if first.domain == local_domain {
+            return Err(fail(format!(
+                "the binlogs holding GTIDs {}-*-{}..{} of this region were purged before capture read them; \
+                 the tables written by those transactions need a re-sync from this region before capture restarts",
+                first.domain,
+                have + 1,
+                first.seq
+            )));
+        }
+        tracing::info!(
+            domain = first.domain,
+            from = have,
+            to = first.seq,
+            "fast-forwarding a purged foreign domain"
+        );
+        start.advance(first);
+    }
+    Ok(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(s: &str) -> Position {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_purged_local_range_is_refused_with_the_missing_range() {
+        let err = resume_position(&pos("1-101-5,2-201-9"), &pos("1-101-12,2-201-3"), 1).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("1-*-6..12") && text.contains("re-sync"), "{text}");
+    }
+
+    #[test]
+    fn a_purged_foreign_domain_is_fast_forwarded_and_a_complete_one_kept() {
+        assert_eq!(
+            resume_position(&pos("1-101-5,2-201-9"), &pos("1-101-5,2-201-30"), 1).unwrap(),
+            pos("1-101-5,2-201-30")
+        );
+        assert_eq!(
+            resume_position(&pos("1-101-5"), &pos("1-101-2,2-201-30"), 1).unwrap(),
+            pos("1-101-5,2-201-30")
+        );
+        assert_eq!(resume_position(&pos("1-101-5,2-201-9"), &pos(""), 1).unwrap(), pos("1-101-5,2-201-9"));
+    }
+}

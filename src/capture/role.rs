@@ -1,0 +1,247 @@
+//! The `capture` and `heartbeat` roles that `ferry run` starts when `capture` is configured.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+
+use super::metrics::{CaptureMetrics, ResultLabels};
+use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
+use super::{checkpoint, preflight};
+use crate::app::{Role, RoleContext, RoleFuture, Stage};
+use crate::config::{CaptureConfig, Config, MysqlConfig};
+use crate::status::RoleState;
+use crate::transport::changes_topic;
+use crate::transport::kafka::KafkaSink;
+
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+pub struct CaptureRole {
+    region: String,
+    mysql: MysqlConfig,
+    bootstrap: Vec<String>,
+    capture: CaptureConfig,
+    metrics: CaptureMetrics,
+}
+
+impl CaptureRole {
+    /// `None` when the config has no `capture` section or no local region.
+    pub fn from_config(config: &Config, metrics: CaptureMetrics) -> Option<Self> {
+        let local = config.local()?;
+        Some(Self {
+            region: config.region.clone(),
+            mysql: local.mysql.clone(),
+            bootstrap: local.kafka.bootstrap.clone(),
+            capture: config.capture.clone()?,
+            metrics,
+        })
+    }
+
+    fn settings(&self) -> PipelineSettings {
+        PipelineSettings {
+            region: self.region.clone(),
+            local_domain: Some(self.mysql.gtid_domain_id),
+            reader_server_id: self.capture.server_id,
+            heartbeat: self.capture.heartbeat_period,
+            max_record_bytes: self.capture.max_record_bytes,
+            max_inflight_bytes: self.capture.max_inflight_bytes,
+            filter: None,
+        }
+    }
+
+    async fn session(&self, ctx: &RoleContext) -> Result<(), CaptureError> {
+        let opts = self.mysql.primary_opts();
+        let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
+        let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
+        crate::schema::install(&mut conn).await.map_err(db)?;
+        preflight::check_server(&mut conn, self.capture.server_id).await?;
+        let start = match checkpoint::load(&mut conn).await? {
+            Some(saved) => {
+                let oldest = preflight::oldest_binlog_state(&mut conn).await?;
+                preflight::resume_position(&saved, &oldest, self.mysql.gtid_domain_id)?
+            }
+            None => {
+                let now = checkpoint::current_position(&mut conn).await?;
+                tracing::info!(position = %now, "no checkpoint: capture starts at the current binlog position");
+                checkpoint::save(&mut conn, &now).await?;
+                now
+            }
+        };
+        let mut sink = KafkaSink::connect(&self.bootstrap, &changes_topic(&self.region)).await?;
+        let (progress, watcher) = watch::channel(Progress { position: start.clone(), ..Progress::default() });
+        let stop_writer = CancellationToken::new();
+        let writer = tokio::spawn(write_checkpoints(
+            conn,
+            watcher,
+            self.capture.checkpoint_interval,
+            stop_writer.clone(),
+            self.metrics.clone(),
+        ));
+        ctx.reporter.set(RoleState::Ready);
+        let result =
+            pipeline::run(opts, &self.settings(), start, &mut sink, &progress, &self.metrics, &ctx.shutdown)
+                .await;
+        stop_writer.cancel();
+        let written = writer.await.map_err(|e| CaptureError::Checkpoint(e.to_string()))?;
+        result.and(written)
+    }
+}
+
+impl Role for CaptureRole {
+    fn name(&self) -> &'static str {
+        "capture"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Capture
+    }
+
+    fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
+        Box::pin(async move {
+            let mut backoff = FIRST_BACKOFF;
+            loop {
+                let error = match self.session(&ctx).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) => e,
+                };
+                if ctx.shutdown.is_cancelled() {
+                    tracing::warn!(error = %error, "capture stopped with an error during shutdown");
+                    return Ok(());
+                }
+                if !error.is_transient() {
+                    ctx.reporter.set(RoleState::Failed { error: error.to_string() });
+                    return Err(anyhow::anyhow!(error).context("capture needs an operator"));
+                }
+                tracing::warn!(error = %error, retry_in = ?backoff, "capture failed; restarting from the checkpoint");
+                ctx.reporter.set(RoleState::NotReady { reason: error.to_string() });
+                self.metrics.reconnects.inc();
+                tokio::select! {
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        })
+    }
+}
+
+fn now_us() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
+}
+
+/// Write the acknowledged position every `interval` when it moved (and once more on stop).
+async fn write_checkpoints(
+    mut conn: Conn,
+    progress: watch::Receiver<Progress>,
+    interval: Duration,
+    stop: CancellationToken,
+    metrics: CaptureMetrics,
+) -> Result<(), CaptureError> {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    let mut written = 0u64;
+    let mut written_at = now_us();
+    loop {
+        let stopping = tokio::select! {
+            biased;
+            _ = stop.cancelled() => true,
+            _ = tick.tick() => false,
+        };
+        let current = progress.borrow().clone();
+        if current.generation != written {
+            checkpoint::save(&mut conn, &current.position).await?;
+            written = current.generation;
+            written_at = now_us();
+        } else if current.generation == written {
+            // Nothing new to cover: the stored checkpoint is current.
+            written_at = now_us();
+        }
+        let now = now_us();
+        metrics.checkpoint_age.set((now - written_at) as f64 / 1e6);
+        if let Some(commit) = current.last_commit_us {
+            metrics.lag.set(((now - commit) as f64 / 1e6).max(0.0));
+        }
+        if stopping {
+            tracing::info!(position = %current.position, "final capture checkpoint written");
+            return Ok(());
+        }
+    }
+}
+
+/// Writes `ferry.heartbeat` (region, microseconds) every second on the local primary.
+pub struct HeartbeatRole {
+    region: String,
+    mysql: MysqlConfig,
+    metrics: CaptureMetrics,
+}
+
+impl HeartbeatRole {
+    pub fn from_config(config: &Config, metrics: CaptureMetrics) -> Option<Self> {
+        let capture = config.capture.as_ref()?;
+        let local = config.local()?;
+        capture.write_heartbeat.then(|| Self {
+            region: config.region.clone(),
+            mysql: local.mysql.clone(),
+            metrics,
+        })
+    }
+}
+
+/// Heartbeats are one per second: the unit other regions measure lag in.
+const HEARTBEAT_EVERY: Duration = Duration::from_secs(1);
+
+impl Role for HeartbeatRole {
+    fn name(&self) -> &'static str {
+        "heartbeat"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Capture
+    }
+
+    fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
+        Box::pin(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT_EVERY);
+            tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
+            let mut conn: Option<Conn> = None;
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => return Ok(()),
+                    _ = tick.tick() => {}
+                }
+                let write = async {
+                    if conn.is_none() {
+                        conn = Some(Conn::new(self.mysql.primary_opts()).await?);
+                    }
+                    let c = conn.as_mut().ok_or(mysql_async::Error::Other("no connection".into()))?;
+                    c.exec_drop(
+                        "REPLACE INTO ferry.heartbeat (region, beat_at_us) VALUES (?, ?)",
+                        (&self.region, now_us()),
+                    )
+                    .await
+                };
+                match tokio::time::timeout(HEARTBEAT_EVERY, write).await {
+                    Ok(Ok(())) => {
+                        self.metrics.heartbeat_writes.get_or_create(&ResultLabels { result: "ok" }).inc();
+                        ctx.reporter.set(RoleState::Ready);
+                    }
+                    Ok(Err(e)) => {
+                        conn = None;
+                        self.metrics.heartbeat_writes.get_or_create(&ResultLabels { result: "error" }).inc();
+                        ctx.reporter.set(RoleState::NotReady { reason: format!("heartbeat write: {e}") });
+                    }
+                    Err(_) => {
+                        conn = None;
+                        self.metrics.heartbeat_writes.get_or_create(&ResultLabels { result: "error" }).inc();
+                        ctx.reporter.set(RoleState::NotReady { reason: "heartbeat write timed out".into() });
+                    }
+                }
+            }
+        })
+    }
+}
