@@ -20,7 +20,9 @@ async fn position(db: &MariaDb) -> Position {
 
 /// Read from `from` until `want` rows of `table` were forwarded; also returns the outcomes.
 async fn capture(db: &MariaDb, from: &Position, table: &str, want: usize) -> (Vec<RowChange>, Vec<Outcome>) {
-    let mut source = BinlogSource::connect(db.opts(), READER_ID, from, Duration::from_secs(1)).await.unwrap();
+    let mut source = BinlogSource::connect(db.opts(), READER_ID, "ferry-test", from, Duration::from_secs(1))
+        .await
+        .unwrap();
     let mut asm = Assembler::new(1, from.clone());
     let (mut rows, mut outcomes) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -243,4 +245,40 @@ async fn another_regions_transaction_is_not_forwarded() {
         outcomes.contains(&Outcome::Foreign),
         "the applied transaction was seen and skipped: {outcomes:?}"
     );
+}
+
+#[tokio::test]
+async fn preflight_refuses_a_wrong_binlog_setting_and_an_id_used_by_someone_else() {
+    use ferry::capture::preflight::check_server;
+    let mut opts = MariaDbOptions::test("preflight", 101, 1);
+    opts.extra_args = vec!["--binlog-row-metadata=MINIMAL".into()];
+    let minimal = MariaDb::start_temp(opts).await.unwrap();
+    let mut c = minimal.conn().await.unwrap();
+    let err = check_server(&mut c, 1001, "ferry-east").await.unwrap_err().to_string();
+    assert!(
+        err.contains("binlog_row_metadata=MINIMAL") && err.contains("needs binlog_row_metadata=FULL"),
+        "{err}"
+    );
+
+    let db = MariaDb::start_temp(MariaDbOptions::test("preflight-ok", 101, 1)).await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    check_server(&mut c, 1001, "ferry-east").await.expect("a fresh primary passes");
+    assert!(check_server(&mut c, 101, "ferry-east").await.unwrap_err().to_string().contains("own server_id"));
+    // A live registration with id 1001 under ferry's own name is accepted (a killed capture's
+    // stale connection); under another name it is someone else's.
+    let from = position(&db).await;
+    let _reader =
+        BinlogSource::connect(db.opts(), 1001, "ferry-east", &from, Duration::from_secs(1)).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let hosts: Vec<mysql_async::Row> = c.query("SHOW SLAVE HOSTS").await.unwrap();
+        if !hosts.is_empty() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the reader never registered");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    check_server(&mut c, 1001, "ferry-east").await.expect("ferry's own registration is not a conflict");
+    let err = check_server(&mut c, 1001, "ferry-west").await.unwrap_err().to_string();
+    assert!(err.contains("in use by the replica at ferry-east"), "{err}");
 }

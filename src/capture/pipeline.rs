@@ -94,6 +94,12 @@ struct Pending {
     mark: Option<Mark>,
 }
 
+/// The name capture registers with on the primary (`SHOW SLAVE HOSTS`), so preflight can tell
+/// its own stale registration (left by a killed process) from a real replica.
+pub fn report_host(region: &str) -> String {
+    format!("ferry-{region}")
+}
+
 /// Stream from `start` until `shutdown` or an error, publishing through `sink` and reporting
 /// acknowledged progress on `progress`. On shutdown: stop reading, wait for outstanding acks.
 pub async fn run<S: RecordSink>(
@@ -105,8 +111,9 @@ pub async fn run<S: RecordSink>(
     metrics: &CaptureMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), CaptureError> {
+    let host = report_host(&settings.region);
     let mut source =
-        BinlogSource::connect(opts, settings.reader_server_id, &start, settings.heartbeat).await?;
+        BinlogSource::connect(opts, settings.reader_server_id, &host, &start, settings.heartbeat).await?;
     metrics.connected.set(1);
     tracing::info!(position = %start, "capture streaming");
     let result = stream(&mut source, settings, start, sink, progress, metrics, shutdown).await;

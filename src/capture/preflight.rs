@@ -24,7 +24,13 @@ const REQUIRED: &[(&str, &str)] = &[
     ("binlog_row_metadata", "FULL"),
 ];
 
-pub async fn check_server(conn: &mut Conn, reader_server_id: u32) -> Result<(), CaptureError> {
+/// `report_host` is the name capture registers with; a registration with the same id and that
+/// name is a previous ferry connection (e.g. of a killed process), which the new one replaces.
+pub async fn check_server(
+    conn: &mut Conn,
+    reader_server_id: u32,
+    report_host: &str,
+) -> Result<(), CaptureError> {
     for (name, want) in REQUIRED {
         let got: Option<String> = conn
             .query_first(format!("SELECT @@{name}"))
@@ -59,8 +65,7 @@ pub async fn check_server(conn: &mut Conn, reader_server_id: u32) -> Result<(), 
     for host in hosts {
         let id: Option<u32> = host.get_opt("Server_id").and_then(Result::ok);
         let name: String = host.get_opt("Host").and_then(Result::ok).unwrap_or_default();
-        // ferry registers without a host name; a replica reporting one is someone else.
-        if id == Some(reader_server_id) && !name.is_empty() {
+        if id == Some(reader_server_id) && name != report_host {
             return Err(fail(format!(
                 "capture.server_id {reader_server_id} is in use by the replica at {name}; give capture its own id"
             )));

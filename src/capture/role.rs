@@ -58,7 +58,8 @@ impl CaptureRole {
         let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
         let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
         crate::schema::install(&mut conn).await.map_err(db)?;
-        preflight::check_server(&mut conn, self.capture.server_id).await?;
+        preflight::check_server(&mut conn, self.capture.server_id, &pipeline::report_host(&self.region))
+            .await?;
         let start = match checkpoint::load(&mut conn).await? {
             Some(saved) => {
                 let oldest = preflight::oldest_binlog_state(&mut conn).await?;

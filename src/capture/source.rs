@@ -87,11 +87,13 @@ pub struct BinlogSource {
 }
 
 impl BinlogSource {
-    /// Connect as a replica with `server_id` and stream from `position` (empty = from the
-    /// oldest binlog still on the server).
+    /// Connect as a replica with `server_id`, registering as `report_host` (shown in the
+    /// primary's `SHOW SLAVE HOSTS`), and stream from `position` (empty = from the oldest
+    /// binlog still on the server).
     pub async fn connect(
         opts: Opts,
         server_id: u32,
+        report_host: &str,
         position: &Position,
         heartbeat: Duration,
     ) -> Result<Self, SourceError> {
@@ -107,10 +109,8 @@ impl BinlogSource {
         for sql in shim {
             conn.query_drop(sql).await.map_err(SourceError::Connection)?;
         }
-        let stream = conn
-            .get_binlog_stream(BinlogStreamRequest::new(server_id))
-            .await
-            .map_err(SourceError::Connection)?;
+        let request = BinlogStreamRequest::new(server_id).with_hostname(report_host.as_bytes());
+        let stream = conn.get_binlog_stream(request).await.map_err(SourceError::Connection)?;
         Ok(Self { stream, silence: heartbeat * HEARTBEAT_MISSES, shapes: HashMap::new(), last_pos: 0 })
     }
 

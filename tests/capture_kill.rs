@@ -1,0 +1,225 @@
+//! Capture never loses an acknowledged-to-the-client transaction: `ferry run` is killed with
+//! SIGKILL at random moments while a writer commits continuously; after a final run, every
+//! source transaction is in the topic, complete (duplicates are allowed, loss never).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry::model::Gtid;
+use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, pick_port};
+use ferry::transport::envelope::Envelope;
+use mysql_async::prelude::Queryable;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const KILLS: usize = 12;
+
+/// A small deterministic generator (the seed is printed so a failure can be replayed).
+struct Lcg(u64);
+impl Lcg {
+    fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
+
+fn config(dir: &std::path::Path, db: &MariaDb, broker: &Broker) -> std::path::PathBuf {
+    let http = pick_port([127, 0, 0, 1].into(), None).unwrap();
+    let path = dir.join("ferry.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+region: east
+regions:
+  east:
+    priority: 1
+    mysql:
+      user: ferry
+      password: ferry-test-pw
+      gtid_domain_id: 1
+      primary: {{ host: "{}", port: {}, server_id: 101 }}
+    kafka: {{ bootstrap: ["{}"] }}
+http: {{ listen: "127.0.0.1:{http}" }}
+log: {{ format: json, level: "info" }}
+shutdown: {{ grace: 20s }}
+capture:
+  server_id: 1001
+  checkpoint_interval: 200ms
+  max_record_bytes: 16384
+"#,
+            db.addr().ip(),
+            db.addr().port(),
+            broker.bootstrap()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Every complete transaction in the topic: GTID → rows of table `t.load` (records may repeat).
+fn topic_transactions(bootstrap: &str) -> (BTreeMap<String, usize>, usize) {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "capture-kill-check")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("ferry.east.changes", 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let (_, high) = consumer.fetch_watermarks("ferry.east.changes", 0, Duration::from_secs(10)).unwrap();
+    // Per GTID, the rows of each record index (a repeated record replaces itself).
+    let mut parts: BTreeMap<String, BTreeMap<u32, usize>> = BTreeMap::new();
+    let mut last_index: BTreeMap<String, u32> = BTreeMap::new();
+    let mut records = 0;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut next_offset = 0;
+    while next_offset < high {
+        assert!(Instant::now() < deadline, "could not read the topic up to offset {high}");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let message = message.unwrap();
+        next_offset = message.offset() + 1;
+        records += 1;
+        let env = Envelope::parse(message.payload().unwrap()).expect("every record is a valid envelope");
+        let gtid = env.origin.gtid.to_string();
+        let rows = env.rows.iter().filter(|r| r.table == "load").count();
+        parts.entry(gtid.clone()).or_default().insert(env.record, rows);
+        if env.last {
+            last_index.insert(gtid, env.record);
+        }
+    }
+    let complete = last_index
+        .into_iter()
+        .filter_map(|(gtid, last)| {
+            let p = &parts[&gtid];
+            (0..=last).all(|i| p.contains_key(&i)).then(|| (gtid, p.values().sum()))
+        })
+        .collect();
+    (complete, records)
+}
+
+#[tokio::test]
+async fn kill_9_at_random_moments_never_loses_a_transaction() {
+    let db = MariaDb::start_temp(MariaDbOptions::test("kill-db", 101, 1)).await.unwrap();
+    let broker = Broker::start_temp().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &db, &broker);
+    let mut c = db.conn().await.unwrap();
+    c.query_drop("CREATE DATABASE t").await.unwrap();
+    c.query_drop("CREATE TABLE t.load (id BIGINT AUTO_INCREMENT PRIMARY KEY, batch INT, note VARCHAR(200))")
+        .await
+        .unwrap();
+
+    // Capture without a checkpoint starts at the current position: establish it first, so every
+    // transaction the writer commits is after capture's start.
+    let log = dir.path().join("ferry.log");
+    let spawn = || {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        Command::new(FERRY)
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let checkpoint_deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let saved: Option<String> = c
+            .query_first("SELECT gtid FROM ferry.capture_checkpoint WHERE stream = 'capture'")
+            .await
+            .unwrap_or(None);
+        if saved.is_some() {
+            break;
+        }
+        assert!(Instant::now() < checkpoint_deadline, "capture never stored its first checkpoint");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    // The writer: single-row and 10-row transactions, recording each committed GTID.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (stop, opts) = (stop.clone(), db.opts());
+        tokio::spawn(async move {
+            let mut conn = mysql_async::Conn::new(opts).await.unwrap();
+            let mut written: Vec<(String, usize)> = Vec::new();
+            let mut batch = 0;
+            while !stop.load(Ordering::Relaxed) {
+                batch += 1;
+                let rows = if batch % 5 == 0 { 10 } else { 1 };
+                let values: Vec<String> =
+                    (0..rows).map(|i| format!("({batch}, 'row {i} of batch {batch}')")).collect();
+                conn.query_drop(format!("INSERT INTO t.load (batch, note) VALUES {}", values.join(",")))
+                    .await
+                    .unwrap();
+                let gtid: String = conn.query_first("SELECT @@last_gtid").await.unwrap().unwrap();
+                written.push((gtid, rows));
+                tokio::time::sleep(Duration::from_millis(3)).await;
+            }
+            written
+        })
+    };
+
+    let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64;
+    println!("kill schedule seed: {seed}");
+    let mut rng = Lcg(seed);
+    for _ in 0..KILLS {
+        let mut child = spawn();
+        tokio::time::sleep(Duration::from_millis(300 + rng.next(1500))).await;
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let expected: BTreeMap<String, usize> = written.iter().cloned().collect();
+
+    // A final run catches up; then stop it cleanly.
+    let mut last = spawn();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (found, records) = loop {
+        let t = Instant::now();
+        let (found, records) = topic_transactions(&broker.bootstrap());
+        println!("read {records} records in {:?}", t.elapsed());
+        if expected.keys().all(|g| found.contains_key(g)) || Instant::now() > deadline {
+            break (found, records);
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    };
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(last.id() as i32, libc::SIGTERM) };
+    let status = last.wait().unwrap();
+
+    let missing: Vec<&String> = expected.keys().filter(|g| !found.contains_key(*g)).collect();
+    let wrong_rows: Vec<(&String, usize, usize)> =
+        expected.iter().filter_map(|(g, n)| found.get(g).filter(|f| *f != n).map(|f| (g, *n, *f))).collect();
+    let source_gtids: BTreeSet<&String> = expected.keys().collect();
+    println!(
+        "capture kill -9: runs {KILLS} killed + 1 final, source transactions {}, records in topic {records}, \
+         complete transactions in topic {}, missing {}",
+        source_gtids.len(),
+        found.len(),
+        missing.len()
+    );
+    let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        missing.is_empty(),
+        "{} transactions missing, e.g. {:?}; ferry log tail:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(5)],
+        &log_text[log_text.len().saturating_sub(3000)..]
+    );
+    assert!(wrong_rows.is_empty(), "transactions with wrong row counts: {wrong_rows:?}");
+    assert!(expected.len() > 200, "the writer committed only {} transactions", expected.len());
+    assert_eq!(status.code(), Some(0), "the final run stops cleanly");
+    assert!(expected.keys().all(|g| g.parse::<Gtid>().is_ok()));
+}
