@@ -2,6 +2,7 @@
 //! the binlog, equals what SELECT returns; ALTER TABLE between events does not shift values;
 //! another region's transaction is skipped.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry::capture::source::BinlogSource;
@@ -281,4 +282,80 @@ async fn preflight_refuses_a_wrong_binlog_setting_and_an_id_used_by_someone_else
     check_server(&mut c, 1001, "ferry-east").await.expect("ferry's own registration is not a conflict");
     let err = check_server(&mut c, 1001, "ferry-west").await.unwrap_err().to_string();
     assert!(err.contains("in use by the replica at ferry-east"), "{err}");
+}
+
+/// Collects records in memory and acknowledges them at once.
+struct CollectSink(Arc<Mutex<Vec<Vec<u8>>>>);
+
+impl ferry::transport::kafka::RecordSink for CollectSink {
+    async fn send(
+        &mut self,
+        record: &ferry::transport::envelope::Record,
+    ) -> Result<ferry::transport::kafka::AckFuture, ferry::transport::kafka::SinkError> {
+        self.0.lock().unwrap().push(record.payload.clone());
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
+    async fn flush(&mut self, _: Duration) -> Result<(), ferry::transport::kafka::SinkError> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn generated_columns_are_marked_through_the_pipeline() {
+    use ferry::capture::metrics::CaptureMetrics;
+    use ferry::capture::pipeline::{self, PipelineSettings, Progress};
+    use ferry::transport::envelope::Envelope;
+
+    let db = MariaDb::start_temp(MariaDbOptions::test("generated", 101, 1)).await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    c.query_drop("CREATE DATABASE t").await.unwrap();
+    c.query_drop(
+        "CREATE TABLE t.gen (id INT PRIMARY KEY, a INT, s INT AS (a * 2) STORED, v INT AS (a + 1) VIRTUAL)",
+    )
+    .await
+    .unwrap();
+    let from = position(&db).await;
+    c.query_drop("INSERT INTO t.gen (id, a) VALUES (1, 20)").await.unwrap();
+
+    let records = Arc::new(Mutex::new(Vec::new()));
+    let mut sink = CollectSink(records.clone());
+    let settings = PipelineSettings {
+        region: "east".into(),
+        local_domain: Some(1),
+        reader_server_id: READER_ID,
+        heartbeat: Duration::from_secs(1),
+        max_record_bytes: 65536,
+        max_inflight_bytes: 1 << 20,
+        filter: None,
+    };
+    let (progress, watcher) = tokio::sync::watch::channel(Progress::default());
+    let stop = tokio_util::sync::CancellationToken::new();
+    let stopper = stop.clone();
+    let waiter = tokio::spawn(async move {
+        let mut watcher = watcher;
+        let _ = tokio::time::timeout(Duration::from_secs(30), watcher.wait_for(|p| p.generation > 0)).await;
+        stopper.cancel();
+    });
+    pipeline::run(db.opts(), &settings, from, &mut sink, &progress, &CaptureMetrics::default(), &stop)
+        .await
+        .unwrap();
+    waiter.await.unwrap();
+
+    let records = records.lock().unwrap();
+    let env = Envelope::parse(records.first().expect("one record")).unwrap();
+    let row = &env.rows[0];
+    let after = row.after.as_ref().unwrap();
+    assert_eq!(after.get("s"), Some(&Value::Int { v: 40 }), "stored generated value");
+    let mut generated = row.generated.clone();
+    generated.sort();
+    let in_image: Vec<&str> = after.columns().collect();
+    let expected: Vec<String> =
+        ["s", "v"].iter().filter(|c| in_image.contains(c)).map(|c| c.to_string()).collect();
+    assert_eq!(generated, expected, "every generated column in the image is marked; image has {in_image:?}");
+    assert!(generated.contains(&"s".to_string()), "the stored generated column is marked");
+    assert_eq!(
+        progress.borrow().position.to_string(),
+        format!("1-101-{}", env.seq),
+        "progress after the ack"
+    );
 }

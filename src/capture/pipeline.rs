@@ -14,6 +14,7 @@ use mysql_async::Opts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use super::generated::GeneratedColumns;
 use super::metrics::{CaptureMetrics, KindLabels};
 use super::source::{BinlogSource, SourceError};
 use super::txn::{AssembleError, Assembler, Outcome, Step};
@@ -113,16 +114,21 @@ pub async fn run<S: RecordSink>(
 ) -> Result<(), CaptureError> {
     let host = report_host(&settings.region);
     let mut source =
-        BinlogSource::connect(opts, settings.reader_server_id, &host, &start, settings.heartbeat).await?;
+        BinlogSource::connect(opts.clone(), settings.reader_server_id, &host, &start, settings.heartbeat)
+            .await?;
     metrics.connected.set(1);
     tracing::info!(position = %start, "capture streaming");
-    let result = stream(&mut source, settings, start, sink, progress, metrics, shutdown).await;
+    let mut generated = GeneratedColumns::new(opts);
+    let result =
+        stream(&mut source, &mut generated, settings, start, sink, progress, metrics, shutdown).await;
     metrics.connected.set(0);
     result
 }
 
+#[allow(clippy::too_many_arguments)] // one call site; the pieces are all distinct
 async fn stream<S: RecordSink>(
     source: &mut BinlogSource,
+    generated: &mut GeneratedColumns,
     settings: &PipelineSettings,
     start: Position,
     sink: &mut S,
@@ -156,7 +162,7 @@ async fn stream<S: RecordSink>(
             Ok(s) => s,
             Err(e) => break Err(e.into()),
         };
-        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, metrics).await {
+        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, generated, metrics).await {
             break Err(e);
         }
     };
@@ -192,14 +198,16 @@ async fn handle_steps<S: RecordSink>(
     settings: &PipelineSettings,
     builder: &mut RecordBuilder,
     out: &mut Outbox<'_, S>,
+    generated: &mut GeneratedColumns,
     metrics: &CaptureMetrics,
 ) -> Result<(), CaptureError> {
     for step in steps {
         match step {
             Step::Rows { header, rows } => {
-                for row in rows.iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
+                for mut row in rows.into_iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
                     metrics.rows.inc();
-                    if let Some(record) = builder.push(header, row)? {
+                    generated.mark(&mut row).await?;
+                    if let Some(record) = builder.push(header, &row)? {
                         out.send(record, None).await?;
                     }
                 }
@@ -223,6 +231,7 @@ async fn handle_steps<S: RecordSink>(
             }
             Step::Statement { header, schema, query } => {
                 metrics.statements.inc();
+                generated.invalidate();
                 let shown: String = query.chars().take(300).collect();
                 tracing::info!(
                     gtid = header.map(|h| h.gtid.to_string()).unwrap_or_default(),
