@@ -45,10 +45,28 @@ enum Command {
         #[arg(long)]
         all_origins: bool,
     },
+    /// Measure performance against a baseline on this machine (build with --release).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// A local multi-region topology of real servers (MariaDB, Redis, Kafka, DNS, HAProxy).
     Sandbox {
         #[command(subcommand)]
         command: SandboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Capture's decoding speed beside a raw binlog copy of the same binlog.
+    Capture {
+        /// Rows of PSI writes to generate (in 1,000-row transactions).
+        #[arg(long, default_value_t = 500_000)]
+        rows: usize,
+        /// Skip the leg that publishes to a broker.
+        #[arg(long)]
+        no_kafka: bool,
     },
 }
 
@@ -100,6 +118,20 @@ pub fn main() -> i32 {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
+        Command::Bench { command: BenchCommand::Capture { rows, no_kafka } } => {
+            logging::init(LogFormat::Text, "warn");
+            block_on(async move {
+                match crate::bench::capture::run(crate::bench::capture::Options { rows, kafka: !no_kafka })
+                    .await
+                {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("bench capture: {e:#}");
+                        1
+                    }
+                }
+            })
+        }
         Command::Sandbox { command } => {
             logging::init(LogFormat::Text, "warn,ferry=info");
             block_on(sandbox_command(command))

@@ -32,7 +32,7 @@ pub use process::{ProcessRecord, ServerDir, ServerProcess, pick_port};
 pub use redis_server::RedisServer;
 pub use state::{STATE_FILE, SandboxState};
 pub use topology::{
-    DEFAULT_REGIONS, DownReport, ProcessStatus, UpOptions, UpOutcome, ZONE, down, status, up,
+    DEFAULT_REGIONS, DownReport, ProcessStatus, UpOptions, UpOutcome, ZONE, down, install_schemas, status, up,
 };
 
 /// How long a server may take to become ready.

@@ -274,7 +274,8 @@ async fn start_app(
     Ok(AppNode { name, addr, process })
 }
 
-async fn install_schemas(primary: &MariaDb) -> Result<(), SandboxError> {
+/// Install the `ferry` metadata schema and the PSI demo schema on `primary`.
+pub async fn install_schemas(primary: &MariaDb) -> Result<(), SandboxError> {
     let mut conn = primary.conn().await?;
     let psi = PSI_SCHEMA
         .split(';')
