@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry::capture::source::BinlogSource;
-use ferry::capture::txn::{Assembler, Outcome, Step};
+use ferry::capture::txn::{Assembler, OriginFilter, Outcome, Step};
+use ferry::config::Flavor;
 use ferry::model::{Position, Row, RowChange, Value, base64};
 use ferry::sandbox::{MariaDb, MariaDbOptions};
 use mysql_async::prelude::Queryable;
@@ -21,10 +22,17 @@ async fn position(db: &MariaDb) -> Position {
 
 /// Read from `from` until `want` rows of `table` were forwarded; also returns the outcomes.
 async fn capture(db: &MariaDb, from: &Position, table: &str, want: usize) -> (Vec<RowChange>, Vec<Outcome>) {
-    let mut source = BinlogSource::connect(db.opts(), READER_ID, "ferry-test", from, Duration::from_secs(1))
-        .await
-        .unwrap();
-    let mut asm = Assembler::new(1, from.clone());
+    let mut source = BinlogSource::connect(
+        db.opts(),
+        Flavor::Mariadb,
+        READER_ID,
+        "ferry-test",
+        from,
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap();
+    let mut asm = Assembler::new(OriginFilter::Domain(1), from.clone());
     let (mut rows, mut outcomes) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while rows.iter().filter(|r: &&RowChange| r.table == table).count() < want {
@@ -255,7 +263,7 @@ async fn preflight_refuses_a_wrong_binlog_setting_and_an_id_used_by_someone_else
     opts.extra_args = vec!["--binlog-row-metadata=MINIMAL".into()];
     let minimal = MariaDb::start_temp(opts).await.unwrap();
     let mut c = minimal.conn().await.unwrap();
-    let err = check_server(&mut c, 1001, "ferry-east").await.unwrap_err().to_string();
+    let err = check_server(&mut c, Flavor::Mariadb, 1001, "ferry-east").await.unwrap_err().to_string();
     assert!(
         err.contains("binlog_row_metadata=MINIMAL") && err.contains("needs binlog_row_metadata=FULL"),
         "{err}"
@@ -263,13 +271,21 @@ async fn preflight_refuses_a_wrong_binlog_setting_and_an_id_used_by_someone_else
 
     let db = MariaDb::start_temp(MariaDbOptions::test("preflight-ok", 101, 1)).await.unwrap();
     let mut c = db.conn().await.unwrap();
-    check_server(&mut c, 1001, "ferry-east").await.expect("a fresh primary passes");
-    assert!(check_server(&mut c, 101, "ferry-east").await.unwrap_err().to_string().contains("own server_id"));
+    check_server(&mut c, Flavor::Mariadb, 1001, "ferry-east").await.expect("a fresh primary passes");
+    assert!(
+        check_server(&mut c, Flavor::Mariadb, 101, "ferry-east")
+            .await
+            .unwrap_err()
+            .to_string()
+            .contains("own server_id")
+    );
     // A live registration with id 1001 under ferry's own name is accepted (a killed capture's
     // stale connection); under another name it is someone else's.
     let from = position(&db).await;
     let _reader =
-        BinlogSource::connect(db.opts(), 1001, "ferry-east", &from, Duration::from_secs(1)).await.unwrap();
+        BinlogSource::connect(db.opts(), Flavor::Mariadb, 1001, "ferry-east", &from, Duration::from_secs(1))
+            .await
+            .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let hosts: Vec<mysql_async::Row> = c.query("SHOW SLAVE HOSTS").await.unwrap();
@@ -279,8 +295,10 @@ async fn preflight_refuses_a_wrong_binlog_setting_and_an_id_used_by_someone_else
         assert!(tokio::time::Instant::now() < deadline, "the reader never registered");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    check_server(&mut c, 1001, "ferry-east").await.expect("ferry's own registration is not a conflict");
-    let err = check_server(&mut c, 1001, "ferry-west").await.unwrap_err().to_string();
+    check_server(&mut c, Flavor::Mariadb, 1001, "ferry-east")
+        .await
+        .expect("ferry's own registration is not a conflict");
+    let err = check_server(&mut c, Flavor::Mariadb, 1001, "ferry-west").await.unwrap_err().to_string();
     assert!(err.contains("in use by the replica at ferry-east"), "{err}");
 }
 
@@ -321,7 +339,8 @@ async fn generated_columns_are_marked_through_the_pipeline() {
     let mut sink = CollectSink(records.clone());
     let settings = PipelineSettings {
         region: "east".into(),
-        local_domain: Some(1),
+        flavor: Flavor::Mariadb,
+        origin: OriginFilter::Domain(1),
         reader_server_id: READER_ID,
         heartbeat: Duration::from_secs(1),
         max_record_bytes: 65536,

@@ -188,7 +188,8 @@ async fn capture_leg<S: RecordSink>(
 ) -> anyhow::Result<Leg> {
     let settings = PipelineSettings {
         region: "east".into(),
-        local_domain: Some(1),
+        flavor: crate::config::Flavor::Mariadb,
+        origin: crate::capture::txn::OriginFilter::Domain(1),
         reader_server_id: 7001,
         heartbeat: Duration::from_secs(1),
         max_record_bytes: 512 * 1024,

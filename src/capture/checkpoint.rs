@@ -7,6 +7,7 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::pipeline::CaptureError;
+use crate::config::Flavor;
 use crate::model::Position;
 
 /// The checkpoint row's key.
@@ -35,10 +36,14 @@ pub async fn save(conn: &mut Conn, position: &Position) -> Result<(), CaptureErr
 }
 
 /// The server's current binlog position (where capture starts without a checkpoint).
-pub async fn current_position(conn: &mut Conn) -> Result<Position, CaptureError> {
+pub async fn current_position(conn: &mut Conn, flavor: Flavor) -> Result<Position, CaptureError> {
+    let variable = match flavor {
+        Flavor::Mariadb => "@@gtid_binlog_pos",
+        Flavor::Mysql => "@@gtid_executed",
+    };
     let text: Option<String> = conn
-        .query_first("SELECT @@gtid_binlog_pos")
+        .query_first(format!("SELECT {variable}"))
         .await
-        .map_err(|e| err("reading @@gtid_binlog_pos", e))?;
-    text.unwrap_or_default().parse().map_err(|e| err("@@gtid_binlog_pos", e))
+        .map_err(|e| err(&format!("reading {variable}"), e))?;
+    text.unwrap_or_default().parse().map_err(|e| err(variable, e))
 }

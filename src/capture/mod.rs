@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod decode;
 pub mod generated;
 pub mod metrics;
+pub mod mysql8;
 pub mod pipeline;
 pub mod preflight;
 pub mod role;

@@ -17,7 +17,8 @@ use tokio_util::sync::CancellationToken;
 use super::generated::GeneratedColumns;
 use super::metrics::{CaptureMetrics, KindLabels};
 use super::source::{BinlogSource, SourceError};
-use super::txn::{AssembleError, Assembler, Outcome, Step};
+use super::txn::{AssembleError, Assembler, OriginFilter, Outcome, Step};
+use crate::config::Flavor;
 use crate::model::{Position, RowChange};
 use crate::transport::envelope::{EnvelopeError, Record, RecordBuilder};
 use crate::transport::kafka::{AckFuture, RecordSink, SinkError};
@@ -72,8 +73,9 @@ pub type RowFilter = Option<Arc<dyn Fn(&RowChange) -> bool + Send + Sync>>;
 #[derive(Clone)]
 pub struct PipelineSettings {
     pub region: String,
-    /// This region's GTID domain; `None` forwards every domain (`ferry tail --all-origins`).
-    pub local_domain: Option<u32>,
+    pub flavor: Flavor,
+    /// Which transactions are this region's own (the rest are skipped).
+    pub origin: OriginFilter,
     pub reader_server_id: u32,
     pub heartbeat: Duration,
     pub max_record_bytes: usize,
@@ -113,9 +115,15 @@ pub async fn run<S: RecordSink>(
     shutdown: &CancellationToken,
 ) -> Result<(), CaptureError> {
     let host = report_host(&settings.region);
-    let mut source =
-        BinlogSource::connect(opts.clone(), settings.reader_server_id, &host, &start, settings.heartbeat)
-            .await?;
+    let mut source = BinlogSource::connect(
+        opts.clone(),
+        settings.flavor,
+        settings.reader_server_id,
+        &host,
+        &start,
+        settings.heartbeat,
+    )
+    .await?;
     metrics.connected.set(1);
     tracing::info!(position = %start, "capture streaming");
     let mut generated = GeneratedColumns::new(opts);
@@ -136,10 +144,7 @@ async fn stream<S: RecordSink>(
     metrics: &CaptureMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), CaptureError> {
-    let mut assembler = match settings.local_domain {
-        Some(domain) => Assembler::new(domain, start),
-        None => Assembler::all_domains(start),
-    };
+    let mut assembler = Assembler::new(settings.origin.clone(), start);
     let mut builder = RecordBuilder::new(&settings.region, settings.max_record_bytes);
     let budget = Arc::new(Semaphore::new(settings.max_inflight_bytes));
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
@@ -207,7 +212,7 @@ async fn handle_steps<S: RecordSink>(
                 for mut row in rows.into_iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
                     metrics.rows.inc();
                     generated.mark(&mut row).await?;
-                    if let Some(record) = builder.push(header, &row)? {
+                    if let Some(record) = builder.push(&header, &row)? {
                         out.send(record, None).await?;
                     }
                 }
@@ -223,7 +228,7 @@ async fn handle_steps<S: RecordSink>(
                 let counts = outcome != Outcome::Checkpoint;
                 if outcome == Outcome::Forwarded && builder.has_rows_or_records() {
                     let mark = Mark { position, counts, commit_us: Some(header.commit_time_us) };
-                    out.send(builder.finish(header), Some(mark)).await?;
+                    out.send(builder.finish(&header), Some(mark)).await?;
                 } else {
                     builder.discard();
                     out.mark(Mark { position, counts, commit_us: None }).await?;

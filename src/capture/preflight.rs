@@ -6,7 +6,9 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::pipeline::CaptureError;
-use crate::model::Position;
+use super::txn::OriginFilter;
+use crate::config::Flavor;
+use crate::model::{GtidSet, Position};
 
 fn fail(message: String) -> CaptureError {
     CaptureError::Preflight(message)
@@ -23,15 +25,19 @@ const REQUIRED: &[(&str, &str)] = &[
     ("binlog_row_image", "FULL"),
     ("binlog_row_metadata", "FULL"),
 ];
+/// And on MySQL: GTIDs on, whole JSON values in row images.
+const REQUIRED_MYSQL: &[(&str, &str)] = &[("gtid_mode", "ON"), ("binlog_row_value_options", "")];
 
 /// `report_host` is the name capture registers with; a registration with the same id and that
 /// name is a previous ferry connection (e.g. of a killed process), which the new one replaces.
 pub async fn check_server(
     conn: &mut Conn,
+    flavor: Flavor,
     reader_server_id: u32,
     report_host: &str,
 ) -> Result<(), CaptureError> {
-    for (name, want) in REQUIRED {
+    let extra = if flavor == Flavor::Mysql { REQUIRED_MYSQL } else { &[] };
+    for (name, want) in REQUIRED.iter().chain(extra) {
         let got: Option<String> = conn
             .query_first(format!("SELECT @@{name}"))
             .await
@@ -95,6 +101,57 @@ pub async fn oldest_binlog_state(conn: &mut Conn) -> Result<Position, CaptureErr
     Ok(Position::default())
 }
 
+/// Where to resume from `checkpoint`: what the server can still send, checked as
+/// [`resume_position`] (MariaDB) or [`resume_gtid_set`] (MySQL) describe.
+pub async fn resume(
+    conn: &mut Conn,
+    flavor: Flavor,
+    checkpoint: &Position,
+    origin: &OriginFilter,
+) -> Result<Position, CaptureError> {
+    match (flavor, origin) {
+        (Flavor::Mariadb, OriginFilter::Domain(domain)) => {
+            resume_position(checkpoint, &oldest_binlog_state(conn).await?, *domain)
+        }
+        (Flavor::Mysql, OriginFilter::Uuids(uuids)) => {
+            let purged: Option<String> = conn
+                .query_first("SELECT @@gtid_purged")
+                .await
+                .map_err(|e| sql("reading @@gtid_purged", e))?;
+            let purged: GtidSet =
+                purged.unwrap_or_default().parse().map_err(|e| fail(format!("@@gtid_purged: {e}")))?;
+            resume_gtid_set(checkpoint.gtid_set(), &purged, uuids).map(Position::from_gtid_set)
+        }
+        _ => Ok(checkpoint.clone()),
+    }
+}
+
+/// MySQL: every purged range of this region's UUIDs must be in the checkpoint (else those
+/// changes were never read: refuse, naming the range); other UUIDs' purged ranges are added
+/// (capture skips them anyway, and the server refuses a request that lacks them).
+pub fn resume_gtid_set(
+    checkpoint: &GtidSet,
+    purged: &GtidSet,
+    local_uuids: &[String],
+) -> Result<GtidSet, CaptureError> {
+    let mut start = checkpoint.clone();
+    for (uuid, intervals) in purged.iter() {
+        for &(a, b) in intervals {
+            if checkpoint.covers(uuid, a, b) {
+                continue;
+            }
+            if local_uuids.iter().any(|u| u == uuid) {
+                return Err(fail(format!(
+                    "the binlogs holding GTIDs {uuid}:{a}-{b} of this region were purged before capture read them; \
+                     the tables written by those transactions need a re-sync from this region before capture restarts"
+                )));
+            }
+            start.add_range(uuid, a, b);
+        }
+    }
+    Ok(start)
+}
+
 /// Decide where to start from the checkpoint and the oldest binlog's state. The local domain
 /// must be complete: a purged range means lost changes, reported with the range and never
 /// skipped. Other domains are only ever skipped by capture, so a purged one is fast-forwarded.
@@ -142,6 +199,18 @@ mod tests {
         let err = resume_position(&pos("1-101-5,2-201-9"), &pos("1-101-12,2-201-3"), 1).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("1-*-6..12") && text.contains("re-sync"), "{text}");
+    }
+
+    #[test]
+    fn mysql_purged_ranges_are_refused_for_local_uuids_and_added_for_others() {
+        let (ours, theirs) = ("3e11fa47-71ca-11e1-9e33-c80aa9429562", "4e11fa47-71ca-11e1-9e33-c80aa9429562");
+        let local = vec![ours.to_string()];
+        let set = |s: String| s.parse::<GtidSet>().unwrap();
+        let checkpoint = set(format!("{ours}:1-10,{theirs}:1-3"));
+        let ok = resume_gtid_set(&checkpoint, &set(format!("{ours}:1-10,{theirs}:1-50")), &local).unwrap();
+        assert_eq!(ok.to_string(), format!("{ours}:1-10,{theirs}:1-50"));
+        let err = resume_gtid_set(&checkpoint, &set(format!("{ours}:1-12")), &local).unwrap_err().to_string();
+        assert!(err.contains(&format!("{ours}:1-12")) && err.contains("re-sync"), "{err}");
     }
 
     #[test]

@@ -44,7 +44,8 @@ impl CaptureRole {
     fn settings(&self) -> PipelineSettings {
         PipelineSettings {
             region: self.region.clone(),
-            local_domain: Some(self.mysql.gtid_domain_id),
+            flavor: self.mysql.flavor,
+            origin: self.mysql.origin_filter(),
             reader_server_id: self.capture.server_id,
             heartbeat: self.capture.heartbeat_period,
             max_record_bytes: self.capture.max_record_bytes,
@@ -58,15 +59,13 @@ impl CaptureRole {
         let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
         let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
         crate::schema::install(&mut conn).await.map_err(db)?;
-        preflight::check_server(&mut conn, self.capture.server_id, &pipeline::report_host(&self.region))
-            .await?;
+        let flavor = self.mysql.flavor;
+        let host = pipeline::report_host(&self.region);
+        preflight::check_server(&mut conn, flavor, self.capture.server_id, &host).await?;
         let start = match checkpoint::load(&mut conn).await? {
-            Some(saved) => {
-                let oldest = preflight::oldest_binlog_state(&mut conn).await?;
-                preflight::resume_position(&saved, &oldest, self.mysql.gtid_domain_id)?
-            }
+            Some(saved) => preflight::resume(&mut conn, flavor, &saved, &self.mysql.origin_filter()).await?,
             None => {
-                let now = checkpoint::current_position(&mut conn).await?;
+                let now = checkpoint::current_position(&mut conn, flavor).await?;
                 tracing::info!(position = %now, "no checkpoint: capture starts at the current binlog position");
                 checkpoint::save(&mut conn, &now).await?;
                 now

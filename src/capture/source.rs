@@ -6,18 +6,20 @@
 //! panic inside mysql_common is contained and reported as a corrupt event. Silence beyond
 //! three heartbeat periods is a dead connection. Cancel-safe: dropping it closes the socket.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
 use mysql_async::binlog::BinlogChecksumAlg;
-use mysql_async::binlog::events::{Event, EventData};
+use mysql_async::binlog::events::{Event, EventData, TableMapEvent};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStream, BinlogStreamRequest, Conn, Opts};
 
 use super::decode::{DecodeError, TableShape, decode_rows};
-use crate::model::{MariaGtid, Position, RowChange};
+use super::mysql8;
+use crate::config::Flavor;
+use crate::model::{Gtid, MariaGtid, Position, RowChange};
 
 /// MariaDB event types that mysql_common does not decode.
 mod mariadb_event {
@@ -65,7 +67,7 @@ impl SourceError {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SourceEvent {
     /// A transaction (or standalone statement) starts.
-    Begin { gtid: MariaGtid, server_id: u32, commit_time_us: i64, standalone: bool },
+    Begin { gtid: Gtid, server_id: u32, commit_time_us: i64, standalone: bool },
     /// Decoded rows of one rows event.
     Rows(Vec<RowChange>),
     /// The transaction committed.
@@ -81,49 +83,57 @@ pub enum SourceEvent {
 pub struct BinlogSource {
     stream: BinlogStream,
     silence: Duration,
-    shapes: HashMap<u64, TableShape>,
-    /// `file:pos` of the last event, for error messages.
-    last_pos: u32,
+    handler: EventHandler,
 }
 
 impl BinlogSource {
     /// Connect as a replica with `server_id`, registering as `report_host` (shown in the
     /// primary's `SHOW SLAVE HOSTS`), and stream from `position` (empty = from the oldest
-    /// binlog still on the server).
+    /// binlog still on the server). MariaDB resumes from the per-domain GTIDs, MySQL from the
+    /// GTID set (`COM_BINLOG_DUMP_GTID`).
     pub async fn connect(
         opts: Opts,
+        flavor: Flavor,
         server_id: u32,
         report_host: &str,
         position: &Position,
         heartbeat: Duration,
     ) -> Result<Self, SourceError> {
         let mut conn = Conn::new(opts).await.map_err(SourceError::Connection)?;
-        let shim = [
-            // Without this MariaDB replaces GTID events by BEGIN and others by dummy queries.
-            "SET @mariadb_slave_capability=4".to_string(),
-            format!("SET @slave_connect_state='{position}'"),
-            "SET @slave_gtid_strict_mode=0".to_string(),
-            "SET @slave_gtid_ignore_duplicates=0".to_string(),
-            format!("SET @master_heartbeat_period={}", heartbeat.as_nanos()),
-        ];
-        for sql in shim {
+        let mut setup = vec![format!("SET @master_heartbeat_period={}", heartbeat.as_nanos())];
+        if flavor == Flavor::Mariadb {
+            setup.extend([
+                // Without this MariaDB replaces GTID events by BEGIN and others by dummy queries.
+                "SET @mariadb_slave_capability=4".to_string(),
+                format!("SET @slave_connect_state='{position}'"),
+                "SET @slave_gtid_strict_mode=0".to_string(),
+                "SET @slave_gtid_ignore_duplicates=0".to_string(),
+            ]);
+        }
+        for sql in setup {
             conn.query_drop(sql).await.map_err(SourceError::Connection)?;
         }
-        let request = BinlogStreamRequest::new(server_id).with_hostname(report_host.as_bytes());
+        let mut request = BinlogStreamRequest::new(server_id).with_hostname(report_host.as_bytes());
+        if flavor == Flavor::Mysql {
+            request = request.with_gtid().with_gtid_set(mysql8::sids(position.gtid_set()));
+        }
         let stream = conn.get_binlog_stream(request).await.map_err(SourceError::Connection)?;
-        Ok(Self { stream, silence: heartbeat * HEARTBEAT_MISSES, shapes: HashMap::new(), last_pos: 0 })
+        Ok(Self { stream, silence: heartbeat * HEARTBEAT_MISSES, handler: EventHandler::new(flavor) })
     }
 
     /// The next event that matters to capture. Events that carry nothing for it (format
     /// description, rotate, table map, annotations) are consumed here.
     pub async fn next(&mut self) -> Result<SourceEvent, SourceError> {
         loop {
+            if let Some(ev) = self.handler.pop() {
+                return Ok(ev);
+            }
             let next = AssertUnwindSafe(self.stream.next()).catch_unwind();
             let event = match tokio::time::timeout(self.silence, next).await {
                 Err(_) => return Err(SourceError::Silent(self.silence)),
                 Ok(Err(_panic)) => {
                     return Err(SourceError::Corrupt {
-                        position: self.last_pos.to_string(),
+                        position: self.handler.last_pos.to_string(),
                         event_type: 0,
                         reason: "the event could not be parsed (truncated or malformed)".into(),
                     });
@@ -132,13 +142,35 @@ impl BinlogSource {
                 Ok(Ok(Some(Err(e)))) => return Err(SourceError::Connection(e)),
                 Ok(Ok(Some(Ok(event)))) => event,
             };
-            if let Some(ev) = self.handle(&event)? {
-                return Ok(ev);
-            }
+            self.handler.handle(&event)?;
         }
     }
+}
 
-    fn handle(&mut self, event: &Event) -> Result<Option<SourceEvent>, SourceError> {
+/// Turns binlog events into [`SourceEvent`]s for one server family. Keeps the table maps it
+/// has seen (rows are decoded with the map in force at their position). No I/O.
+pub struct EventHandler {
+    flavor: Flavor,
+    tables: HashMap<u64, (TableMapEvent<'static>, TableShape)>,
+    /// MySQL: a GTID event opened a transaction and no BEGIN followed yet (a DDL is a GTID
+    /// followed by its statement, with no BEGIN and no XID).
+    awaiting_begin: bool,
+    pending: VecDeque<SourceEvent>,
+    /// `log_pos` of the last event, for error messages.
+    last_pos: u32,
+}
+
+impl EventHandler {
+    pub fn new(flavor: Flavor) -> Self {
+        Self { flavor, tables: HashMap::new(), awaiting_begin: false, pending: VecDeque::new(), last_pos: 0 }
+    }
+
+    /// The next decoded event, if any is waiting.
+    pub fn pop(&mut self) -> Option<SourceEvent> {
+        self.pending.pop_front()
+    }
+
+    pub fn handle(&mut self, event: &Event) -> Result<(), SourceError> {
         let header = event.header();
         let event_type = header.event_type_raw();
         self.last_pos = header.log_pos();
@@ -151,19 +183,20 @@ impl BinlogSource {
         match event_type {
             mariadb_event::GTID => {
                 let (gtid, flags) = parse_gtid(event.data(), header.server_id()).map_err(corrupt)?;
-                return Ok(Some(SourceEvent::Begin {
-                    gtid,
+                self.pending.push_back(SourceEvent::Begin {
+                    gtid: Gtid::MariaDb(gtid),
                     server_id: header.server_id(),
                     commit_time_us: i64::from(header.timestamp()) * 1_000_000,
                     standalone: flags & FL_STANDALONE != 0,
-                }));
+                });
+                return Ok(());
             }
             mariadb_event::GTID_LIST => {
-                return parse_gtid_list(event.data())
-                    .map(|p| Some(SourceEvent::GtidList(p)))
-                    .map_err(corrupt);
+                let position = parse_gtid_list(event.data()).map_err(corrupt)?;
+                self.pending.push_back(SourceEvent::GtidList(position));
+                return Ok(());
             }
-            mariadb_event::ANNOTATE_ROWS | mariadb_event::BINLOG_CHECKPOINT => return Ok(None),
+            mariadb_event::ANNOTATE_ROWS | mariadb_event::BINLOG_CHECKPOINT => return Ok(()),
             mariadb_event::START_ENCRYPTION => {
                 return Err(SourceError::Unsupported("encrypted binlog (encrypt_binlog=ON)".into()));
             }
@@ -172,50 +205,71 @@ impl BinlogSource {
                     "compressed binlog events; turn log_bin_compress off on the primary".into(),
                 ));
             }
-            HEARTBEAT_EVENT => return Ok(Some(SourceEvent::Heartbeat)),
-            XID_EVENT => return Ok(Some(SourceEvent::Commit)),
+            mysql8::ANONYMOUS_GTID_EVENT => {
+                return Err(SourceError::Unsupported(
+                    "a transaction without a GTID: set gtid_mode=ON".into(),
+                ));
+            }
+            mysql8::TRANSACTION_PAYLOAD_EVENT => {
+                // mysql_async decompresses it and yields the inner events next, but drops a
+                // payload it cannot decompress without a word: check it here first.
+                return mysql8::check_payload(event).map_err(corrupt);
+            }
+            HEARTBEAT_EVENT => {
+                self.pending.push_back(SourceEvent::Heartbeat);
+                return Ok(());
+            }
+            XID_EVENT => {
+                self.pending.push_back(SourceEvent::Commit);
+                return Ok(());
+            }
             _ => {}
         }
         let data = match event.read_data() {
             Ok(Some(data)) => data,
-            Ok(None) => return Ok(None),
+            Ok(None) => return Ok(()),
             Err(e) => return Err(corrupt(e.to_string())),
         };
         match data {
+            EventData::GtidEvent(gtid) => {
+                self.awaiting_begin = true;
+                self.pending.push_back(mysql8::begin(&gtid, header.server_id(), header.timestamp()));
+            }
             EventData::QueryEvent(q) => {
                 let query = q.query();
                 let trimmed = query.trim();
                 if trimmed.eq_ignore_ascii_case("BEGIN") {
-                    Ok(None)
+                    self.awaiting_begin = false;
                 } else if trimmed.eq_ignore_ascii_case("COMMIT") {
-                    Ok(Some(SourceEvent::Commit))
+                    self.pending.push_back(SourceEvent::Commit);
                 } else {
-                    Ok(Some(SourceEvent::Statement {
+                    self.pending.push_back(SourceEvent::Statement {
                         schema: q.schema().into_owned(),
                         query: query.into_owned(),
-                    }))
+                    });
+                    if self.flavor == Flavor::Mysql && std::mem::take(&mut self.awaiting_begin) {
+                        self.pending.push_back(SourceEvent::Commit);
+                    }
                 }
             }
             EventData::TableMapEvent(tme) => {
                 let shape = TableShape::from_table_map(&tme)?;
-                self.shapes.insert(tme.table_id(), shape);
-                Ok(None)
+                self.tables.insert(tme.table_id(), (tme.into_owned(), shape));
             }
             EventData::RowsEvent(rows) => {
                 let table_id = rows.table_id();
-                let (Some(tme), Some(shape)) = (self.stream.get_tme(table_id), self.shapes.get(&table_id))
-                else {
+                let Some((tme, shape)) = self.tables.get(&table_id) else {
                     return Err(corrupt(format!("rows event for table id {table_id} without a table map")));
                 };
-                Ok(Some(SourceEvent::Rows(decode_rows(&rows, tme, shape)?)))
+                self.pending.push_back(SourceEvent::Rows(decode_rows(&rows, tme, shape)?));
             }
             EventData::RotateEvent(_) => {
                 // Table ids are only valid within one binlog file.
-                self.shapes.clear();
-                Ok(None)
+                self.tables.clear();
             }
-            _ => Ok(None),
+            _ => {}
         }
+        Ok(())
     }
 }
 

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint;
 use super::metrics::CaptureMetrics;
 use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
+use super::txn::OriginFilter;
 use crate::config::Config;
 use crate::model::{Position, RowChange};
 use crate::transport::kafka::StdoutSink;
@@ -29,7 +30,7 @@ pub async fn run(
         None => {
             let mut conn =
                 Conn::new(opts.clone()).await.map_err(|e| CaptureError::Checkpoint(e.to_string()))?;
-            checkpoint::current_position(&mut conn).await?
+            checkpoint::current_position(&mut conn, local.mysql.flavor).await?
         }
     };
     // Tail runs beside capture: it needs a reader id of its own.
@@ -42,7 +43,8 @@ pub async fn run(
     };
     let settings = PipelineSettings {
         region: config.region.clone(),
-        local_domain: (!all_origins).then_some(local.mysql.gtid_domain_id),
+        flavor: local.mysql.flavor,
+        origin: if all_origins { OriginFilter::All } else { local.mysql.origin_filter() },
         reader_server_id: server_id,
         heartbeat: std::time::Duration::from_secs(1),
         max_record_bytes: 1024 * 1024,

@@ -7,14 +7,14 @@
 //! `ferry.heartbeat`. Rows are handed on as they arrive, so a transaction of any size streams
 //! through without being held whole.
 
-use crate::model::{MariaGtid, Position, RowChange};
+use crate::model::{Gtid, Position, RowChange};
 
 use super::source::SourceEvent;
 
 /// Origin identity of a transaction.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TxnHeader {
-    pub gtid: MariaGtid,
+    pub gtid: Gtid,
     pub server_id: u32,
     pub commit_time_us: i64,
 }
@@ -48,7 +48,29 @@ pub enum AssembleError {
     #[error("{0} outside a transaction")]
     OutsideTransaction(&'static str),
     #[error("transaction {0} began before {1} ended")]
-    Overlap(MariaGtid, MariaGtid),
+    Overlap(Gtid, Gtid),
+}
+
+/// Which transactions are this region's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginFilter {
+    /// MariaDB: the region's GTID domain.
+    Domain(u32),
+    /// MySQL: the region's server UUIDs (lowercase).
+    Uuids(Vec<String>),
+    /// Every transaction counts as local (`ferry tail --all-origins`).
+    All,
+}
+
+impl OriginFilter {
+    pub fn is_local(&self, gtid: &Gtid) -> bool {
+        match (self, gtid) {
+            (OriginFilter::All, _) => true,
+            (OriginFilter::Domain(d), Gtid::MariaDb(g)) => g.domain == *d,
+            (OriginFilter::Uuids(uuids), Gtid::MySql { uuid, .. }) => uuids.iter().any(|u| u == uuid),
+            _ => false,
+        }
+    }
 }
 
 pub const FERRY_SCHEMA: &str = "ferry";
@@ -67,20 +89,14 @@ struct Open {
 
 #[derive(Debug)]
 pub struct Assembler {
-    /// `None`: every domain counts as local (`ferry tail --all-origins`).
-    local_domain: Option<u32>,
+    origin: OriginFilter,
     position: Position,
     open: Option<Open>,
 }
 
 impl Assembler {
-    pub fn new(local_domain: u32, start: Position) -> Self {
-        Self { local_domain: Some(local_domain), position: start, open: None }
-    }
-
-    /// An assembler that forwards every domain's transactions.
-    pub fn all_domains(start: Position) -> Self {
-        Self { local_domain: None, position: start, open: None }
+    pub fn new(origin: OriginFilter, start: Position) -> Self {
+        Self { origin, position: start, open: None }
     }
 
     /// The position after the last transaction that ended.
@@ -97,11 +113,11 @@ impl Assembler {
         match event {
             SourceEvent::Begin { gtid, server_id, commit_time_us, standalone } => {
                 if let Some(open) = &self.open {
-                    return Err(AssembleError::Overlap(gtid, open.header.gtid));
+                    return Err(AssembleError::Overlap(gtid, open.header.gtid.clone()));
                 }
                 self.open = Some(Open {
+                    local: self.origin.is_local(&gtid),
                     header: TxnHeader { gtid, server_id, commit_time_us },
-                    local: self.local_domain.is_none_or(|d| gtid.domain == d),
                     standalone,
                     forwarded: 0,
                     touched_checkpoint: false,
@@ -127,14 +143,14 @@ impl Assembler {
                     return Ok(Vec::new());
                 }
                 open.forwarded += rows.len() as u64;
-                Ok(vec![Step::Rows { header: open.header, rows }])
+                Ok(vec![Step::Rows { header: open.header.clone(), rows }])
             }
             SourceEvent::Commit => {
                 let open = self.open.take().ok_or(AssembleError::OutsideTransaction("commit"))?;
                 Ok(vec![self.end(open)])
             }
             SourceEvent::Statement { schema, query } => {
-                let header = self.open.as_ref().map(|o| o.header);
+                let header = self.open.as_ref().map(|o| o.header.clone());
                 let mut steps = vec![Step::Statement { header, schema, query }];
                 if self.open.as_ref().is_some_and(|o| o.standalone) {
                     let open = self.open.take().ok_or(AssembleError::OutsideTransaction("statement"))?;
@@ -147,7 +163,7 @@ impl Assembler {
     }
 
     fn end(&mut self, open: Open) -> Step {
-        self.position.advance(open.header.gtid);
+        self.position.advance_gtid(&open.header.gtid);
         let outcome = if !open.local {
             Outcome::Foreign
         } else if open.forwarded > 0 {
@@ -172,8 +188,13 @@ mod tests {
     use crate::model::{Op, Row};
 
     fn begin(g: &str, standalone: bool) -> SourceEvent {
-        let gtid: MariaGtid = g.parse().unwrap();
-        SourceEvent::Begin { gtid, server_id: gtid.server_id, commit_time_us: 1, standalone }
+        let gtid: crate::model::MariaGtid = g.parse().unwrap();
+        SourceEvent::Begin {
+            gtid: Gtid::MariaDb(gtid),
+            server_id: gtid.server_id,
+            commit_time_us: 1,
+            standalone,
+        }
     }
 
     fn rows_of(tables: &[(&str, &str)]) -> SourceEvent {
@@ -204,7 +225,7 @@ mod tests {
 
     #[test]
     fn local_rows_are_forwarded_as_they_arrive_and_the_position_advances_at_commit() {
-        let mut a = Assembler::new(1, "2-201-4".parse().unwrap());
+        let mut a = Assembler::new(OriginFilter::Domain(1), "2-201-4".parse().unwrap());
         assert!(a.feed(begin("1-101-7", false)).unwrap().is_empty());
         let steps = a.feed(rows_of(&[("psi", "stock"), ("psi", "orders")])).unwrap();
         assert!(matches!(&steps[..], [Step::Rows { rows, .. }] if rows.len() == 2));
@@ -215,7 +236,7 @@ mod tests {
 
     #[test]
     fn another_regions_transaction_is_skipped_but_advances_the_position() {
-        let mut a = Assembler::new(1, Position::default());
+        let mut a = Assembler::new(OriginFilter::Domain(1), Position::default());
         a.feed(begin("2-201-9", false)).unwrap();
         assert!(a.feed(rows_of(&[("psi", "stock")])).unwrap().is_empty(), "foreign rows are not forwarded");
         let steps = a.feed(SourceEvent::Commit).unwrap();
@@ -224,7 +245,7 @@ mod tests {
 
     #[test]
     fn ferry_schema_is_excluded_except_heartbeat_and_checkpoint_only_transactions_are_marked() {
-        let mut a = Assembler::new(1, Position::default());
+        let mut a = Assembler::new(OriginFilter::Domain(1), Position::default());
         a.feed(begin("1-101-1", false)).unwrap();
         let steps =
             a.feed(rows_of(&[("ferry", "applied"), ("ferry", "heartbeat"), ("psi", "stock")])).unwrap();
@@ -244,7 +265,7 @@ mod tests {
 
     #[test]
     fn a_standalone_statement_is_reported_and_ends_its_transaction() {
-        let mut a = Assembler::new(1, Position::default());
+        let mut a = Assembler::new(OriginFilter::Domain(1), Position::default());
         a.feed(begin("1-101-5", true)).unwrap();
         let steps = a
             .feed(SourceEvent::Statement {
@@ -261,15 +282,33 @@ mod tests {
 
     #[test]
     fn all_domains_mode_forwards_every_origin() {
-        let mut a = Assembler::all_domains(Position::default());
+        let mut a = Assembler::new(OriginFilter::All, Position::default());
         a.feed(begin("2-201-9", false)).unwrap();
         assert_eq!(a.feed(rows_of(&[("psi", "stock")])).unwrap().len(), 1);
         assert_eq!(outcome(&a.feed(SourceEvent::Commit).unwrap()).map(|o| o.0), Some(Outcome::Forwarded));
     }
 
     #[test]
+    fn mysql_origins_are_matched_by_server_uuid() {
+        let ours = OriginFilter::Uuids(vec!["3e11fa47-71ca-11e1-9e33-c80aa9429562".into()]);
+        let local = Gtid::MySql { uuid: "3e11fa47-71ca-11e1-9e33-c80aa9429562".into(), gno: 4 };
+        let other = Gtid::MySql { uuid: "4e11fa47-71ca-11e1-9e33-c80aa9429562".into(), gno: 4 };
+        assert!(ours.is_local(&local) && !ours.is_local(&other));
+        assert!(!OriginFilter::Domain(1).is_local(&local), "a MariaDB filter never matches a MySQL GTID");
+        let mut a = Assembler::new(ours, Position::default());
+        a.feed(SourceEvent::Begin { gtid: other, server_id: 2, commit_time_us: 1, standalone: false })
+            .unwrap();
+        assert!(a.feed(rows_of(&[("psi", "stock")])).unwrap().is_empty());
+        assert_eq!(outcome(&a.feed(SourceEvent::Commit).unwrap()).map(|o| o.0), Some(Outcome::Foreign));
+        assert!(
+            a.position()
+                .includes_gtid(&Gtid::MySql { uuid: "4e11fa47-71ca-11e1-9e33-c80aa9429562".into(), gno: 4 })
+        );
+    }
+
+    #[test]
     fn protocol_violations_are_errors() {
-        let mut a = Assembler::new(1, Position::default());
+        let mut a = Assembler::new(OriginFilter::Domain(1), Position::default());
         assert_eq!(a.feed(SourceEvent::Commit), Err(AssembleError::OutsideTransaction("commit")));
         assert!(a.feed(rows_of(&[("psi", "stock")])).is_err());
         a.feed(begin("1-101-1", false)).unwrap();

@@ -20,6 +20,17 @@ pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 
 impl MysqlConfig {
+    /// Which transactions are this region's own.
+    pub fn origin_filter(&self) -> crate::capture::txn::OriginFilter {
+        use crate::capture::txn::OriginFilter;
+        match self.flavor {
+            Flavor::Mariadb => OriginFilter::Domain(self.gtid_domain_id.unwrap_or(0)),
+            Flavor::Mysql => {
+                OriginFilter::Uuids(self.server_uuids.iter().map(|u| u.to_ascii_lowercase()).collect())
+            }
+        }
+    }
+
     /// Connection options for this region's primary.
     pub fn primary_opts(&self) -> mysql_async::Opts {
         mysql_async::OptsBuilder::default()
@@ -89,11 +100,29 @@ pub struct RegionConfig {
 pub struct MysqlConfig {
     pub user: String,
     pub password: Secret,
-    /// MariaDB `gtid_domain_id` of this region's writes; unique across regions.
-    pub gtid_domain_id: u32,
+    /// `mariadb` (10.5+, the default) or `mysql` (8.0+).
+    #[serde(default)]
+    pub flavor: Flavor,
+    /// MariaDB: the `gtid_domain_id` of this region's writes; unique across regions. It is how
+    /// capture tells this region's transactions from those ferry applied for another region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gtid_domain_id: Option<u32>,
+    /// MySQL: the `@@server_uuid` of each of this region's servers (a promoted replica keeps
+    /// writing under its own UUID); a transaction is this region's when its GTID carries one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub server_uuids: Vec<String>,
     pub primary: DbServer,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<DbServer>,
+}
+
+/// Which server family a region runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    #[default]
+    Mariadb,
+    Mysql,
 }
 
 /// One database server.

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::load::Finding;
-use super::{Config, DbServer};
+use super::{Config, DbServer, Flavor};
 
 pub(super) fn validate(config: &Config) -> Vec<Finding> {
     let mut out = Vec::new();
@@ -71,8 +71,31 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
             push(format!("{at}.mysql.user"), "must not be empty".into(), None);
         }
         let domain_at = format!("{at}.mysql.gtid_domain_id");
-        if let Some(first) = domains.insert(mysql.gtid_domain_id, domain_at.clone()) {
-            push(domain_at, format!("gtid_domain_id {} is also used by {first}", mysql.gtid_domain_id), None);
+        match (mysql.flavor, mysql.gtid_domain_id) {
+            (Flavor::Mariadb, None) => push(domain_at, "is required for flavor mariadb".into(), None),
+            (Flavor::Mariadb, Some(domain)) => {
+                if let Some(first) = domains.insert(domain, domain_at.clone()) {
+                    push(domain_at, format!("gtid_domain_id {domain} is also used by {first}"), None);
+                }
+            }
+            (Flavor::Mysql, _) => {
+                if mysql.server_uuids.is_empty() {
+                    push(
+                        format!("{at}.mysql.server_uuids"),
+                        "is required for flavor mysql: list every server's @@server_uuid".into(),
+                        None,
+                    );
+                }
+                for (i, uuid) in mysql.server_uuids.iter().enumerate() {
+                    if crate::model::GtidSet::uuid_bytes(uuid).is_none() {
+                        push(
+                            format!("{at}.mysql.server_uuids[{i}]"),
+                            format!("`{uuid}` is not a UUID"),
+                            None,
+                        );
+                    }
+                }
+            }
         }
         let servers = std::iter::once((format!("{at}.mysql.primary"), &mysql.primary))
             .chain(mysql.replicas.iter().enumerate().map(|(i, s)| (format!("{at}.mysql.replicas[{i}]"), s)));

@@ -10,6 +10,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::GtidSet;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("`{input}` is not a GTID: {reason}")]
 pub struct GtidParseError {
@@ -95,14 +97,42 @@ impl<'de> Deserialize<'de> for Gtid {
     }
 }
 
-/// A MariaDB replication position: the last GTID of each domain. Text form `1-101-5,2-201-9`
-/// (empty string = the very beginning).
+/// A replication position. MariaDB: the last GTID of each domain (`1-101-5,2-201-9`); MySQL:
+/// the set of executed GTIDs (`uuid:1-5:7`). One server family uses one of the two parts; the
+/// text form lists both, comma-separated (empty string = the very beginning).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Position {
     domains: BTreeMap<u32, MariaGtid>,
+    mysql: GtidSet,
 }
 
 impl Position {
+    /// A position holding a MySQL GTID set.
+    pub fn from_gtid_set(set: GtidSet) -> Self {
+        Self { domains: BTreeMap::new(), mysql: set }
+    }
+
+    /// The MySQL part.
+    pub fn gtid_set(&self) -> &GtidSet {
+        &self.mysql
+    }
+
+    /// Record a transaction of either family as done.
+    pub fn advance_gtid(&mut self, gtid: &Gtid) {
+        match gtid {
+            Gtid::MariaDb(g) => self.advance(*g),
+            Gtid::MySql { uuid, gno } => self.mysql.add(uuid, *gno),
+        }
+    }
+
+    /// True when `gtid` is covered by this position.
+    pub fn includes_gtid(&self, gtid: &Gtid) -> bool {
+        match gtid {
+            Gtid::MariaDb(g) => self.includes(*g),
+            Gtid::MySql { uuid, gno } => self.mysql.contains(uuid, *gno),
+        }
+    }
+
     /// Record `gtid` as the latest of its domain.
     pub fn advance(&mut self, gtid: MariaGtid) {
         self.domains.insert(gtid.domain, gtid);
@@ -119,7 +149,7 @@ impl Position {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.domains.is_empty()
+        self.domains.is_empty() && self.mysql.is_empty()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = MariaGtid> + '_ {
@@ -135,6 +165,12 @@ impl fmt::Display for Position {
             }
             g.fmt(f)?;
         }
+        if !self.mysql.is_empty() {
+            if !self.domains.is_empty() {
+                f.write_str(",")?;
+            }
+            self.mysql.fmt(f)?;
+        }
         Ok(())
     }
 }
@@ -143,7 +179,10 @@ impl FromStr for Position {
     type Err = GtidParseError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let mut pos = Position::default();
-        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (mysql, maria): (Vec<&str>, Vec<&str>) =
+            s.split(',').map(str::trim).filter(|p| !p.is_empty()).partition(|p| p.contains(':'));
+        pos.mysql = mysql.join(",").parse()?;
+        for part in maria {
             let g: MariaGtid = part.parse()?;
             if pos.domains.insert(g.domain, g).is_some() {
                 return Err(GtidParseError { input: s.to_string(), reason: "a domain appears twice" });
@@ -184,5 +223,17 @@ mod tests {
         assert_eq!(p.to_string(), "1-101-6,2-201-9");
         assert!("".parse::<Position>().unwrap().is_empty());
         assert!("1-1-1,1-2-2".parse::<Position>().is_err(), "duplicate domain");
+    }
+
+    #[test]
+    fn a_position_holds_a_mysql_gtid_set_too() {
+        let uuid = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let mut p: Position = format!("{uuid}:1-5").parse().unwrap();
+        let next = Gtid::MySql { uuid: uuid.into(), gno: 6 };
+        assert!(!p.includes_gtid(&next));
+        p.advance_gtid(&next);
+        assert!(p.includes_gtid(&next));
+        assert_eq!(p.to_string(), format!("{uuid}:1-6"));
+        assert_eq!(p.to_string().parse::<Position>().unwrap(), p);
     }
 }

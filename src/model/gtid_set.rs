@@ -42,6 +42,16 @@ impl GtidSet {
         *intervals = merged;
     }
 
+    /// Add the closed interval `start..=end`.
+    pub fn add_range(&mut self, uuid: &str, start: u64, end: u64) {
+        self.add_interval(uuid, start, end);
+    }
+
+    /// True when every transaction number of `start..=end` is in the set.
+    pub fn covers(&self, uuid: &str, start: u64, end: u64) -> bool {
+        self.sources.get(uuid).is_some_and(|iv| iv.iter().any(|&(a, b)| a <= start && end <= b))
+    }
+
     /// `(uuid, [(start, end_inclusive)])` pairs, for building a dump request.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[(u64, u64)])> {
         self.sources.iter().map(|(u, iv)| (u.as_str(), iv.as_slice()))

@@ -313,7 +313,9 @@ fn regions_config(
                 mysql: MysqlConfig {
                     user: r.db_primary.options().user.clone(),
                     password: secret.clone(),
-                    gtid_domain_id: r.db_primary.options().gtid_domain_id,
+                    flavor: crate::config::Flavor::Mariadb,
+                    gtid_domain_id: Some(r.db_primary.options().gtid_domain_id),
+                    server_uuids: Vec::new(),
                     primary: server(&r.db_primary),
                     replicas: vec![server(&r.db_replica)],
                 },

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::capture::txn::TxnHeader;
-use crate::model::{Gtid, MariaGtid, RowChange};
+use crate::model::{Gtid, RowChange};
 
 pub const VERSION: u32 = 1;
 
@@ -68,7 +68,7 @@ pub struct Record {
     /// The transaction's GTID: the Kafka key.
     pub key: String,
     pub payload: Vec<u8>,
-    pub gtid: MariaGtid,
+    pub gtid: Gtid,
     pub index: u32,
     pub rows: usize,
     pub last: bool,
@@ -96,37 +96,32 @@ impl RecordBuilder {
 
     /// Add a row of the transaction `header`. Returns a full record to send when the row did
     /// not fit in the current one.
-    pub fn push(&mut self, header: TxnHeader, row: &RowChange) -> Result<Option<Record>, EnvelopeError> {
+    pub fn push(&mut self, header: &TxnHeader, row: &RowChange) -> Result<Option<Record>, EnvelopeError> {
         let encoded = serde_json::to_vec(row).map_err(|e| EnvelopeError::Encode(e.to_string()))?;
-        let full = match self.current {
+        let (open, index) = match self.current.take() {
             Some((h, _)) if h.gtid != header.gtid => {
-                return Err(EnvelopeError::Encode(format!(
-                    "rows of {} before {} finished",
-                    header.gtid, h.gtid
-                )));
+                let message = format!("rows of {} before {} finished", header.gtid, h.gtid);
+                self.current = Some((h, 0));
+                return Err(EnvelopeError::Encode(message));
             }
-            Some(_)
-                if self.count > 0 && self.rows.len() + encoded.len() + ENVELOPE_OVERHEAD > self.max_bytes =>
-            {
-                Some(self.flush(false))
-            }
-            Some(_) => None,
-            None => {
-                self.current = Some((header, 0));
-                None
-            }
+            Some(current) => current,
+            None => (header.clone(), 0),
         };
+        let full = self.count > 0 && self.rows.len() + encoded.len() + ENVELOPE_OVERHEAD > self.max_bytes;
+        let (record, index) =
+            if full { (Some(self.encode(&open, index, false)), index + 1) } else { (None, index) };
+        self.current = Some((open, index));
         if self.count > 0 {
             self.rows.push(b',');
         }
         self.rows.extend_from_slice(&encoded);
         self.count += 1;
-        Ok(full)
+        Ok(record)
     }
 
     /// True when the open transaction has rows buffered or already sent records.
     pub fn has_rows_or_records(&self) -> bool {
-        self.count > 0 || self.current.is_some_and(|(_, index)| index > 0)
+        self.count > 0 || self.current.as_ref().is_some_and(|(_, index)| *index > 0)
     }
 
     /// Forget the open transaction (all its rows were filtered out).
@@ -137,29 +132,22 @@ impl RecordBuilder {
     }
 
     /// The transaction's final record (with whatever rows are left, possibly none).
-    pub fn finish(&mut self, header: TxnHeader) -> Record {
-        if self.current.is_none() {
-            self.current = Some((header, 0));
-        }
-        let record = self.flush(true);
-        self.current = None;
-        record
+    pub fn finish(&mut self, header: &TxnHeader) -> Record {
+        let (open, index) = self.current.take().unwrap_or_else(|| (header.clone(), 0));
+        self.encode(&open, index, true)
     }
 
-    fn flush(&mut self, last: bool) -> Record {
-        let (header, index) = self.current.unwrap_or((
-            TxnHeader {
-                gtid: MariaGtid { domain: 0, server_id: 0, seq: 0 },
-                server_id: 0,
-                commit_time_us: 0,
-            },
-            0,
-        ));
+    /// Encode the buffered rows as record `index` of `header`'s transaction, and empty the buffer.
+    fn encode(&mut self, header: &TxnHeader, index: u32, last: bool) -> Record {
+        let seq = match &header.gtid {
+            Gtid::MariaDb(g) => g.seq,
+            Gtid::MySql { gno, .. } => *gno,
+        };
         let region = serde_json::to_string(&self.region).unwrap_or_else(|_| "\"\"".into());
         let mut payload = format!(
             "{{\"v\":{VERSION},\"origin\":{{\"region\":{region},\"server_id\":{},\"gtid\":\"{}\"}},\
-             \"commit_time_us\":{},\"seq\":{},\"record\":{index},\"rows\":[",
-            header.server_id, header.gtid, header.commit_time_us, header.gtid.seq
+             \"commit_time_us\":{},\"seq\":{seq},\"record\":{index},\"rows\":[",
+            header.server_id, header.gtid, header.commit_time_us
         )
         .into_bytes();
         payload.extend_from_slice(&self.rows);
@@ -167,14 +155,13 @@ impl RecordBuilder {
         let record = Record {
             key: header.gtid.to_string(),
             payload,
-            gtid: header.gtid,
+            gtid: header.gtid.clone(),
             index,
             rows: self.count,
             last,
         };
         self.rows.clear();
         self.count = 0;
-        self.current = Some((header, index + 1));
         record
     }
 }
@@ -186,7 +173,7 @@ mod tests {
 
     fn header(seq: u64) -> TxnHeader {
         TxnHeader {
-            gtid: MariaGtid { domain: 1, server_id: 101, seq },
+            gtid: Gtid::MariaDb(crate::model::MariaGtid { domain: 1, server_id: 101, seq }),
             server_id: 101,
             commit_time_us: 1_795_000_000_000_000,
         }
@@ -216,9 +203,9 @@ mod tests {
         let rows: Vec<RowChange> = (0..100).map(|i| row(i, 100)).collect();
         let mut records = Vec::new();
         for r in &rows {
-            records.extend(b.push(header(7), r).unwrap());
+            records.extend(b.push(&header(7), r).unwrap());
         }
-        records.push(b.finish(header(7)));
+        records.push(b.finish(&header(7)));
         assert!(records.len() > 5, "expected several records, got {}", records.len());
         let mut seen = Vec::new();
         for (i, rec) in records.iter().enumerate() {
@@ -239,13 +226,13 @@ mod tests {
     #[test]
     fn an_oversized_row_goes_alone_and_the_next_transaction_starts_at_record_zero() {
         let mut b = RecordBuilder::new("east", 1024);
-        assert!(b.push(header(1), &row(1, 10)).unwrap().is_none());
-        let full = b.push(header(1), &row(2, 5000)).unwrap().expect("the small row is flushed first");
+        assert!(b.push(&header(1), &row(1, 10)).unwrap().is_none());
+        let full = b.push(&header(1), &row(2, 5000)).unwrap().expect("the small row is flushed first");
         assert_eq!(full.rows, 1);
-        let last = b.finish(header(1));
+        let last = b.finish(&header(1));
         assert_eq!((last.rows, last.index, last.last), (1, 1, true));
-        assert!(b.push(header(2), &row(3, 10)).unwrap().is_none());
-        let next = b.finish(header(2));
+        assert!(b.push(&header(2), &row(3, 10)).unwrap().is_none());
+        let next = b.finish(&header(2));
         assert_eq!((next.index, next.key.as_str()), (0, "1-101-2"));
     }
 

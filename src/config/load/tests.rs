@@ -130,6 +130,30 @@ fn an_empty_document_lists_the_required_top_level_keys() {
 }
 
 #[test]
+fn flavors_require_their_origin_identity_and_the_capture_id_is_unique() {
+    let bad = GOOD
+        .replacen("      gtid_domain_id: 1\n", "", 1)
+        .replace("gtid_domain_id: 2", "flavor: mysql\n      server_uuids: [not-a-uuid]")
+        + "capture: { server_id: 102 }\n";
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    assert_eq!(
+        paths(&err),
+        vec!["regions.east.mysql.gtid_domain_id", "regions.west.mysql.server_uuids[0]", "capture.server_id"],
+        "{err}"
+    );
+    assert!(err.to_string().contains("also used by regions.east.mysql.replicas[0]"), "{err}");
+    let good = GOOD.replace(
+        "gtid_domain_id: 2",
+        "flavor: mysql\n      server_uuids: [3E11FA47-71CA-11E1-9E33-C80AA9429562]",
+    ) + "capture: { server_id: 1001 }\n";
+    let config = load_str("good", &good, no_env()).expect("a MySQL region with UUIDs is valid");
+    assert_eq!(
+        config.regions["west"].mysql.origin_filter(),
+        crate::capture::txn::OriginFilter::Uuids(vec!["3e11fa47-71ca-11e1-9e33-c80aa9429562".into()])
+    );
+}
+
+#[test]
 fn is_prefix_respects_segment_boundaries() {
     assert!(is_prefix("regions.east", "regions.east.mysql"));
     assert!(is_prefix("regions.east", "regions.east"));
