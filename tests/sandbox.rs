@@ -111,6 +111,22 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
         assert!(body.contains(&format!("\"region\":\"{name}\"")), "{body}");
     }
 
+    // Each region's ferry captures: a row written in each region is published to its topic.
+    for (name, region) in &state.regions {
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&region.mysql.primary.dsn).unwrap())
+            .await
+            .unwrap();
+        c.exec_drop(
+            "INSERT INTO psi.customers (name, email, region) VALUES (?, ?, ?)",
+            ("Ada", format!("ada@{name}.test"), name),
+        )
+        .await
+        .unwrap();
+        let gtid: String = c.query_first("SELECT @@last_gtid").await.unwrap().unwrap();
+        let found = published(&state.kafka.bootstrap, &format!("ferry.{name}.changes"), &gtid).await;
+        assert!(found.contains(&format!("ada@{name}.test")), "ferry.{name}.changes holds {gtid}: {found}");
+    }
+
     let (code, out) = ferry(&["sandbox", "up"], &dir);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("already up"), "a second up says so:\n{out}");
@@ -134,6 +150,30 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
     assert_eq!(code, 0);
     assert!(out.contains("no sandbox"), "{out}");
     tokio::time::sleep(Duration::from_millis(10)).await;
+}
+
+/// The payload of the record keyed `gtid` in `topic` (waits up to 30 s for it).
+async fn published(bootstrap: &str, topic: &str, gtid: &str) -> String {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "sandbox-test")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200))
+            && m.key() == Some(gtid.as_bytes())
+        {
+            return String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned();
+        }
+    }
+    String::new()
 }
 
 #[test]
