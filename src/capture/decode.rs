@@ -9,10 +9,13 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use mysql_async::Value as MyValue;
-use mysql_async::binlog::events::{OptionalMetadataField, RowsEventData, TableMapEvent};
+use mysql_async::binlog::events::{
+    OptionalMetaExtractor, OptionalMetadataField, RowsEventData, TableMapEvent,
+};
 use mysql_async::binlog::row::BinlogRow;
 use mysql_async::binlog::value::BinlogValue;
 use mysql_async::consts::ColumnType;
+use mysql_common::io::ParseBuf;
 
 use crate::model::{Op, Row, RowChange, Value, civil_from_unix, format_datetime, format_time};
 
@@ -43,6 +46,10 @@ pub struct ColumnShape {
     /// Declared byte length of CHAR/BINARY columns: the binlog strips BINARY's trailing zero
     /// bytes, which SELECT returns.
     pub fixed_len: usize,
+    /// The column's TABLE_MAP metadata bytes (cached: looking them up walks every column).
+    pub meta: Vec<u8>,
+    /// Collation id of character columns (0 when not a character column or not known).
+    pub collation: u16,
 }
 
 /// A table's shape as one TABLE_MAP event describes it.
@@ -93,6 +100,8 @@ impl TableShape {
                 _ => 0,
             };
             columns.push(ColumnShape {
+                meta: meta.to_vec(),
+                collation: 0,
                 fixed_len,
                 name: String::new(),
                 kind,
@@ -157,6 +166,16 @@ impl TableShape {
                 _ => {}
             }
         }
+        let extractor = OptionalMetaExtractor::new(tme.iter_optional_meta())
+            .map_err(|e| fail(format!("optional metadata: {e}")))?;
+        let mut charsets = extractor.iter_charset();
+        for col in columns.iter_mut().filter(|c| c.kind.is_character_type()) {
+            match charsets.next() {
+                Some(Ok(collation)) => col.collation = collation,
+                Some(Err(e)) => return Err(fail(format!("column charset: {e}"))),
+                None => break,
+            }
+        }
         if !have_names {
             return Err(fail(
                 "no column names in the table map; the server needs binlog_row_metadata=FULL".into(),
@@ -196,6 +215,11 @@ pub fn decode_rows(
             | RowsEventData::PartialUpdateRowsEvent(_) => Op::Update,
             RowsEventData::DeleteRowsEventV1(_) | RowsEventData::DeleteRowsEvent(_) => Op::Delete,
         };
+        if !matches!(event, RowsEventData::PartialUpdateRowsEvent(_)) {
+            return parse_rows(event, op, shape);
+        }
+        // Partial JSON updates (MySQL binlog_row_value_options=PARTIAL_JSON, refused by
+        // preflight) still decode through mysql_common's row reader.
         let mut out = Vec::new();
         for pair in event.rows(tme) {
             let (before, after) =
@@ -219,6 +243,80 @@ pub fn decode_rows(
         }
         Ok(out)
     })?
+}
+
+/// Parse every row image of a write/update/delete event straight from its bytes, with the
+/// shape's cached metadata.
+fn parse_rows<'a>(
+    event: &'a RowsEventData<'a>,
+    op: Op,
+    shape: &'a TableShape,
+) -> Result<Vec<RowChange>, DecodeError> {
+    let fail = |reason: String| DecodeError::Rows { table: shape.qualified(), reason };
+    let columns = usize::try_from(event.num_columns()).map_err(|_| fail("column count".into()))?;
+    if columns > shape.columns.len() {
+        return Err(fail(format!(
+            "{columns} columns in the rows event, {} in the table map",
+            shape.columns.len()
+        )));
+    }
+    let before_cols: Option<Vec<bool>> = event
+        .columns_before_image()
+        .map(|b| (0..columns).map(|i| b.get(i).as_deref().copied().unwrap_or(false)).collect());
+    let after_cols: Option<Vec<bool>> = event
+        .columns_after_image()
+        .map(|b| (0..columns).map(|i| b.get(i).as_deref().copied().unwrap_or(false)).collect());
+    let mut buf = ParseBuf(event.rows_data());
+    let mut out = Vec::new();
+    while !buf.is_empty() {
+        let before = before_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
+        let after = after_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
+        let image = match op {
+            Op::Delete => before.as_ref(),
+            _ => after.as_ref(),
+        };
+        let key = image.map(|img| key_of(img, shape)).unwrap_or_default();
+        out.push(RowChange {
+            db: shape.db.clone(),
+            table: shape.table.clone(),
+            op,
+            key,
+            before,
+            after,
+            generated: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// One row image: the null bitmap over the present columns, then each non-null value.
+fn parse_image<'a>(
+    buf: &mut ParseBuf<'a>,
+    present: &[bool],
+    shape: &'a TableShape,
+) -> Result<Row, DecodeError> {
+    let fail = |reason: String| DecodeError::Rows { table: shape.qualified(), reason };
+    let count = present.iter().filter(|p| **p).count();
+    let nulls: &[u8] = buf.parse(count.div_ceil(8)).map_err(|e| fail(format!("null bitmap: {e}")))?;
+    let mut values = Vec::with_capacity(count);
+    let present_columns = shape.columns.iter().zip(present).filter(|(_, p)| **p).map(|(c, _)| c);
+    for (image_index, col) in present_columns.enumerate() {
+        let is_null = nulls.get(image_index / 8).is_none_or(|b| b & (1 << (image_index % 8)) != 0);
+        let value = if is_null {
+            Value::Null
+        } else {
+            let raw: BinlogValue<'_> = buf
+                .parse((col.kind, col.meta.as_slice(), col.unsigned, false))
+                .map_err(|e| fail(format!("column {}: {e}", col.name)))?;
+            convert(col, col.collation, raw).map_err(|reason| DecodeError::Column {
+                table: shape.qualified(),
+                column: col.name.clone(),
+                reason,
+            })?
+        };
+        values.push((col.name.clone(), value));
+    }
+    Ok(Row(values))
 }
 
 fn key_of(image: &Row, shape: &TableShape) -> Row {
