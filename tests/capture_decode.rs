@@ -378,3 +378,106 @@ async fn generated_columns_are_marked_through_the_pipeline() {
         "progress after the ack"
     );
 }
+
+#[tokio::test]
+async fn ferry_run_refuses_a_checkpoint_whose_binlogs_were_purged() {
+    let db = MariaDb::start_temp(MariaDbOptions::test("purged", 101, 1)).await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    for sql in ferry::schema::STATEMENTS {
+        c.query_drop(*sql).await.unwrap();
+    }
+    c.query_drop("CREATE DATABASE t").await.unwrap();
+    c.query_drop("CREATE TABLE t.x (id INT PRIMARY KEY)").await.unwrap();
+    let early = position(&db).await;
+    for i in 0..5 {
+        c.query_drop(format!("INSERT INTO t.x VALUES ({i})")).await.unwrap();
+    }
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    let logs: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
+    let (first, last) = (logs[0].0.clone(), logs.last().unwrap().0.clone());
+    // MariaDB keeps a file crash recovery still needs until its binlog checkpoint moves on.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        c.query_drop(format!("PURGE BINARY LOGS TO '{last}'")).await.unwrap();
+        let now: Vec<(String, u64)> = c.query("SHOW BINARY LOGS").await.unwrap();
+        if now[0].0 != first {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{first} was never purged");
+        c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A checkpoint from before the purge: the 5 inserts are gone from the binlogs.
+    c.exec_drop(
+        "INSERT INTO ferry.capture_checkpoint (stream, gtid) VALUES ('capture', ?)",
+        (early.to_string(),),
+    )
+    .await
+    .unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "region: east\nregions:\n  east:\n    priority: 1\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+             gtid_domain_id: 1\n      primary: {{ host: \"{}\", port: {}, server_id: 101 }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
+             http: {{ listen: \"127.0.0.1:0\" }}\ncapture: {{ server_id: 1001 }}\n",
+            db.addr().ip(),
+            db.addr().port()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = child.start_kill();
+    let mut log = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log).await.unwrap();
+    let status = status.unwrap_or_else(|_| panic!("ferry run did not exit by itself; log:\n{log}")).unwrap();
+    let out = std::process::Output { status, stdout: Vec::new(), stderr: log.clone().into_bytes() };
+    assert_eq!(out.status.code(), Some(1), "refusal exits non-zero; log:\n{log}");
+    let first_missing = early.get(1).map(|g| g.seq + 1).unwrap_or(1);
+    assert!(log.contains(&format!("1-*-{first_missing}..")), "names the missing range; log:\n{log}");
+    assert!(log.contains("purged") && log.contains("re-sync"), "{log}");
+}
+
+#[tokio::test]
+async fn sigterm_stops_capture_promptly_while_the_broker_is_unreachable() {
+    let db = MariaDb::start_temp(MariaDbOptions::test("no-broker", 101, 1)).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("ferry.yaml");
+    // Port 9 (discard) on loopback: nothing answers the Kafka protocol there.
+    std::fs::write(
+        &config,
+        format!(
+            "region: east\nregions:\n  east:\n    priority: 1\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+             gtid_domain_id: 1\n      primary: {{ host: \"{}\", port: {}, server_id: 101 }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
+             http: {{ listen: \"127.0.0.1:0\" }}\ncapture: {{ server_id: 1001 }}\n",
+            db.addr().ip(),
+            db.addr().port()
+        ),
+    )
+    .unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let sent = tokio::time::Instant::now();
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id().unwrap() as i32, libc::SIGTERM) };
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("stops within 10s").unwrap();
+    assert_eq!(status.code(), Some(0), "a clean stop");
+    assert!(sent.elapsed() < Duration::from_secs(5), "took {:?}", sent.elapsed());
+}

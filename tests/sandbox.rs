@@ -125,6 +125,9 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
         let gtid: String = c.query_first("SELECT @@last_gtid").await.unwrap().unwrap();
         let found = published(&state.kafka.bootstrap, &format!("ferry.{name}.changes"), &gtid).await;
         assert!(found.contains(&format!("ada@{name}.test")), "ferry.{name}.changes holds {gtid}: {found}");
+        let beat: Option<i64> =
+            c.exec_first("SELECT beat_at_us FROM ferry.heartbeat WHERE region = ?", (name,)).await.unwrap();
+        assert!(beat.is_some_and(|us| us > 1_700_000_000_000_000), "{name} writes its heartbeat: {beat:?}");
     }
 
     let (code, out) = ferry(&["sandbox", "up"], &dir);

@@ -13,6 +13,7 @@ use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
 use super::{checkpoint, preflight};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{CaptureConfig, Config, MysqlConfig};
+use crate::model::Position;
 use crate::status::RoleState;
 use crate::transport::changes_topic;
 use crate::transport::kafka::KafkaSink;
@@ -54,10 +55,11 @@ impl CaptureRole {
         }
     }
 
-    async fn session(&self, ctx: &RoleContext) -> Result<(), CaptureError> {
+    /// Connect, check and find the start position. Cancelled by shutdown (nothing to drain yet).
+    async fn prepare(&self) -> Result<(Conn, Position, KafkaSink), CaptureError> {
         let opts = self.mysql.primary_opts();
         let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
-        let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
+        let mut conn = Conn::new(opts).await.map_err(db)?;
         crate::schema::install(&mut conn).await.map_err(db)?;
         let flavor = self.mysql.flavor;
         let host = pipeline::report_host(&self.region);
@@ -71,7 +73,16 @@ impl CaptureRole {
                 now
             }
         };
-        let mut sink = KafkaSink::connect(&self.bootstrap, &changes_topic(&self.region)).await?;
+        let sink = KafkaSink::connect(&self.bootstrap, &changes_topic(&self.region)).await?;
+        Ok((conn, start, sink))
+    }
+
+    async fn session(&self, ctx: &RoleContext) -> Result<(), CaptureError> {
+        let (conn, start, mut sink) = tokio::select! {
+            biased;
+            _ = ctx.shutdown.cancelled() => return Ok(()),
+            prepared = self.prepare() => prepared?,
+        };
         let (progress, watcher) = watch::channel(Progress { position: start.clone(), ..Progress::default() });
         let stop_writer = CancellationToken::new();
         let writer = tokio::spawn(write_checkpoints(
@@ -82,6 +93,7 @@ impl CaptureRole {
             self.metrics.clone(),
         ));
         ctx.reporter.set(RoleState::Ready);
+        let opts = self.mysql.primary_opts();
         let result =
             pipeline::run(opts, &self.settings(), start, &mut sink, &progress, &self.metrics, &ctx.shutdown)
                 .await;

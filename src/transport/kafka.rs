@@ -37,6 +37,9 @@ pub trait RecordSink: Send {
     fn flush(&mut self, timeout: Duration) -> impl Future<Output = Result<(), SinkError>> + Send;
 }
 
+/// How long a topic check may take before it counts as a (transient) failure.
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long librdkafka keeps retrying one record before reporting it undeliverable.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -111,7 +114,8 @@ pub async fn ensure_topic(bootstrap: &[String], topic: &str, partitions: i32) ->
     let admin: AdminClient<DefaultClientContext> =
         client_config(bootstrap).create().map_err(|e| SinkError::Client(e.to_string()))?;
     let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
-    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    let options =
+        AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.create_topics([&new], &options).await.map_err(|e| fail(e.to_string()))?;
     for result in results {
         match result {
