@@ -45,7 +45,7 @@ pub type RoleFuture = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
 
 /// A long-running part of ferry (capture, apply, watch, ...).
 pub trait Role: Send + 'static {
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &str;
     fn stage(&self) -> Stage;
     /// Run until `ctx.shutdown` is cancelled, reporting state through `ctx.reporter`.
     /// Returning early, with `Ok` or `Err`, is a failure of the process.
@@ -258,6 +258,10 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         supervisor.add(Box::new(role));
     }
     if let Some(role) = crate::capture::role::HeartbeatRole::from_config(&config, capture_metrics) {
+        supervisor.add(Box::new(role));
+    }
+    let apply_metrics = crate::apply::metrics::ApplyMetrics::register(&metrics);
+    for role in crate::apply::role::ApplyRole::from_config(&config, &apply_metrics) {
         supervisor.add(Box::new(role));
     }
     let outcome = supervisor.run(http, shutdown_signal()).await;

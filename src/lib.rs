@@ -4,6 +4,7 @@
 //! Module map (each module's own docs state its contract):
 //! - [`config`]: typed configuration, loading with `FERRY__*` env overrides, validation that
 //!   reports every problem with its YAML path.
+//! - [`apply`]: consuming other regions' changes, applying them exactly once, dead letters.
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.
@@ -17,6 +18,7 @@
 //! - [`logging`]: tracing set-up (text or JSON).
 
 pub mod app;
+pub mod apply;
 pub mod bench;
 pub mod capture;
 pub mod cli;

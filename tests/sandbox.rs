@@ -130,6 +130,29 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
         assert!(beat.is_some_and(|us| us > 1_700_000_000_000_000), "{name} writes its heartbeat: {beat:?}");
     }
 
+    // ... and applies the other region's: the sandbox replicates both ways.
+    for (name, region) in &state.regions {
+        let other = if name == "east" { "west" } else { "east" };
+        let mut c = mysql_async::Conn::new(mysql_async::Opts::from_url(&region.mysql.primary.dsn).unwrap())
+            .await
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let n: Option<i64> = c
+                .exec_first(
+                    "SELECT COUNT(*) FROM psi.customers WHERE email = ?",
+                    (format!("ada@{other}.test"),),
+                )
+                .await
+                .unwrap();
+            if n == Some(1) {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{name} never received {other}'s customer");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     let (code, out) = ferry(&["sandbox", "up"], &dir);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("already up"), "a second up says so:\n{out}");

@@ -61,6 +61,10 @@ pub struct Config {
     /// Absent = this process does not capture.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capture: Option<CaptureConfig>,
+    /// The apply role: consume every other region's changes and apply them here.
+    /// Absent = this process does not apply.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub apply: Option<ApplyConfig>,
 }
 
 impl Config {
@@ -171,6 +175,24 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self { listen: SocketAddr::from(([127, 0, 0, 1], 9464)) }
     }
+}
+
+/// Apply settings (see `apply`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApplyConfig {
+    /// What to do after parking a record in the dead-letter queue: `pause` applying from that
+    /// origin until an operator steps in (default), or `skip` it and go on (counted, alerted).
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    #[default]
+    Pause,
+    Skip,
 }
 
 /// Capture settings (see `capture`).

@@ -92,6 +92,37 @@ pub const CAPTURE_LAG: MetricName = m(
 pub const HEARTBEAT_WRITES: MetricName =
     m("ferry_heartbeat_writes", Counter, "ferry.heartbeat writes, by result (ok, error)");
 
+pub const APPLY_TRANSACTIONS: MetricName =
+    m("ferry_apply_transactions", Counter, "Origin transactions applied (label: origin)");
+pub const APPLY_ROWS: MetricName = m("ferry_apply_rows", Counter, "Row changes applied (label: origin)");
+pub const APPLY_DUPLICATES: MetricName = m(
+    "ferry_apply_duplicates",
+    Counter,
+    "Origin transactions received again and skipped because ferry.applied already covers them (label: origin)",
+);
+pub const APPLY_DLQ: MetricName = m(
+    "ferry_apply_dlq_records",
+    Counter,
+    "Records or transactions parked in the dead-letter queue (labels: origin, kind: decode, sequence, apply)",
+);
+pub const APPLY_ERRORS: MetricName =
+    m("ferry_apply_errors", Counter, "Apply errors (labels: origin, kind: transient, permanent)");
+pub const APPLY_LAG: MetricName = m(
+    "ferry_apply_lag_seconds",
+    Gauge,
+    "Now minus the origin commit time of the last applied transaction (label: origin)",
+);
+pub const APPLY_E2E_LAG: MetricName = m(
+    "ferry_apply_end_to_end_lag_seconds",
+    Gauge,
+    "Now minus the origin's ferry.heartbeat timestamp as last applied here (label: origin)",
+);
+pub const APPLY_PAUSED: MetricName = m(
+    "ferry_apply_paused",
+    Gauge,
+    "1 while applying from an origin is paused after a dead-lettered record (label: origin)",
+);
+
 /// Every metric ferry can export.
 pub const ALL: &[MetricName] = &[
     BUILD,
@@ -114,6 +145,14 @@ pub const ALL: &[MetricName] = &[
     CAPTURE_CHECKPOINT_AGE,
     CAPTURE_LAG,
     HEARTBEAT_WRITES,
+    APPLY_TRANSACTIONS,
+    APPLY_ROWS,
+    APPLY_DUPLICATES,
+    APPLY_DLQ,
+    APPLY_ERRORS,
+    APPLY_LAG,
+    APPLY_E2E_LAG,
+    APPLY_PAUSED,
 ];
 
 #[cfg(test)]

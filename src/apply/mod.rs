@@ -1,0 +1,8 @@
+//! Apply: consume every other region's changes and apply each origin transaction exactly once,
+//! as one local transaction under its origin identity, recording progress in `ferry.applied`.
+
+pub mod metrics;
+pub mod reassemble;
+pub mod role;
+pub mod sql;
+pub mod target;

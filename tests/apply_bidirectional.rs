@@ -1,0 +1,207 @@
+//! Two regions written concurrently on different rows converge through real Kafka, with
+//! `ferry run` (capture + apply) in both, and no transaction comes back to its origin.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas, pick_port};
+use mysql_async::prelude::Queryable;
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+const TABLES: &[&str] = &["products", "warehouses", "stock", "customers", "orders", "order_items"];
+
+fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
+    let mut o = MariaDbOptions::test(name, server_id, domain);
+    o.extra_args = vec!["--auto-increment-increment=16".into(), format!("--auto-increment-offset={offset}")];
+    o
+}
+
+fn write_config(
+    dir: &Path,
+    region: &str,
+    east: &MariaDb,
+    west: &MariaDb,
+    broker: &Broker,
+) -> (PathBuf, std::net::SocketAddr) {
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
+    let region_yaml = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
+        format!(
+            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
+             kafka: {{ bootstrap: [\"{}\"] }}\n",
+            db.addr().ip(),
+            db.addr().port(),
+            db.options().server_id,
+            broker.bootstrap()
+        )
+    };
+    let reader = if region == "east" { 1001 } else { 2001 };
+    let text = format!(
+        "region: {region}\nregions:\n{}{}http: {{ listen: \"{http}\" }}\nlog: {{ format: json }}\n\
+         capture: {{ server_id: {reader}, checkpoint_interval: 200ms }}\napply: {{ on_error: pause }}\n",
+        region_yaml("east", east, 1, 1),
+        region_yaml("west", west, 2, 2)
+    );
+    let path = dir.join(format!("{region}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    (path, http)
+}
+
+struct Ferry(std::process::Child, PathBuf);
+
+impl Ferry {
+    fn start(config: &Path, log: &Path) -> Self {
+        let out = std::fs::File::create(log).unwrap();
+        let child = Command::new(FERRY)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Ferry(child, log.to_path_buf())
+    }
+}
+
+impl Drop for Ferry {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.1).unwrap_or_default();
+            eprintln!(
+                "----- {} (last 4000 bytes) -----\n{}",
+                self.1.display(),
+                &log[log.len().saturating_sub(4000)..]
+            );
+        }
+    }
+}
+
+async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !matches!(http_get(addr, "/health/ready").await, Ok((200, _))) {
+        assert!(Instant::now() < deadline, "ferry on {addr} never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Every row of every PSI table, as text, in key order.
+async fn dump(db: &MariaDb) -> Vec<(String, Vec<String>)> {
+    let mut c = db.conn().await.unwrap();
+    let mut out = Vec::new();
+    for t in TABLES {
+        let rows: Vec<mysql_async::Row> =
+            c.query(format!("SELECT * FROM psi.{t} ORDER BY 1, 2")).await.unwrap();
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                (0..r.len()).map(|i| format!("{:?}", r.as_ref(i).unwrap())).collect::<Vec<_>>().join("|")
+            })
+            .collect();
+        out.push((t.to_string(), rows));
+    }
+    out
+}
+
+async fn workload(db: &MariaDb, tag: &str, rows: usize) {
+    let mut c = db.conn().await.unwrap();
+    for i in 0..rows {
+        c.exec_drop(
+            "INSERT INTO psi.products (sku, name, unit_price) VALUES (?, ?, ?)",
+            (format!("{tag}-{i}"), format!("product {i} of {tag} ☕"), format!("{}.{:02}", i % 100, i % 97)),
+        )
+        .await
+        .unwrap();
+        if i % 3 == 0 {
+            c.exec_drop(
+                "UPDATE psi.products SET unit_price = unit_price + 1 WHERE sku = ?",
+                (format!("{tag}-{i}"),),
+            )
+            .await
+            .unwrap();
+        }
+        if i % 7 == 0 {
+            c.exec_drop("DELETE FROM psi.products WHERE sku = ?", (format!("{tag}-{i}"),)).await.unwrap();
+        }
+        if i % 10 == 0 {
+            let mut tx = c.start_transaction(Default::default()).await.unwrap();
+            tx.exec_drop(
+                "INSERT INTO psi.customers (name, email, region) VALUES (?, ?, ?)",
+                (format!("customer {i}"), format!("c{i}@{tag}.test"), tag),
+            )
+            .await
+            .unwrap();
+            tx.exec_drop(
+                "INSERT INTO psi.orders (order_no, customer_id, warehouse_id, status, total) VALUES (?, LAST_INSERT_ID(), 1, 'paid', 10.5)",
+                (format!("{tag}-order-{i}"),),
+            )
+            .await
+            .unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn two_regions_written_concurrently_converge_without_loops() {
+    let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
+    let west = MariaDb::start_temp(db_options("west-db", 201, 2, 2)).await.unwrap();
+    let broker = Broker::start_temp().await.unwrap();
+    install_schemas(&east).await.unwrap();
+    install_schemas(&west).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (east_cfg, east_http) = write_config(dir.path(), "east", &east, &west, &broker);
+    let (west_cfg, west_http) = write_config(dir.path(), "west", &east, &west, &broker);
+    let _east_ferry = Ferry::start(&east_cfg, &dir.path().join("east.log"));
+    let _west_ferry = Ferry::start(&west_cfg, &dir.path().join("west.log"));
+    wait_ready(east_http).await;
+    wait_ready(west_http).await;
+
+    let started = Instant::now();
+    let (a, b) = tokio::join!(workload(&east, "east", 300), workload(&west, "west", 300));
+    let _ = (a, b);
+    // One large transaction in each region (stock rows keyed by warehouse 1 / 2).
+    for (db, warehouse) in [(&east, 1), (&west, 2)] {
+        let mut c = db.conn().await.unwrap();
+        c.query_drop(format!(
+            "INSERT INTO psi.stock (warehouse_id, product_id, quantity, reserved) \
+             SELECT {warehouse}, seq, seq % 100, 0 FROM psi.seq_1_to_100000"
+        ))
+        .await
+        .unwrap();
+    }
+
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let (east_rows, west_rows) = loop {
+        let (e, w) = (dump(&east).await, dump(&west).await);
+        if e == w || Instant::now() > deadline {
+            break (e, w);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for ((table, e), (_, w)) in east_rows.iter().zip(&west_rows) {
+        assert_eq!(e.len(), w.len(), "psi.{table}: east has {} rows, west {}", e.len(), w.len());
+        for (i, (re, rw)) in e.iter().zip(w).enumerate() {
+            assert_eq!(re, rw, "psi.{table} row {i} differs");
+        }
+    }
+    let stock = &east_rows.iter().find(|(t, _)| t == "stock").unwrap().1;
+    assert_eq!(stock.len(), 200_000, "both 100,000-row transactions arrived on both sides");
+    println!("converged in {:?}", started.elapsed());
+
+    // No loop: each region's capture saw the other's applied transactions and skipped them,
+    // and each topic holds only its own region's transactions.
+    for (http, region) in [(east_http, "east"), (west_http, "west")] {
+        let (_, metrics) = http_get(http, "/metrics").await.unwrap();
+        let foreign = metrics
+            .lines()
+            .find(|l| l.starts_with("ferry_capture_transactions_total{kind=\"foreign\"}"))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0);
+        assert!(foreign > 100.0, "{region}'s capture skipped the applied transactions (foreign = {foreign})");
+        let applied = metrics.lines().find(|l| l.starts_with("ferry_apply_transactions_total")).unwrap_or("");
+        assert!(!applied.is_empty(), "{region} applied something: {metrics}");
+    }
+}
