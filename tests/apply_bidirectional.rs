@@ -17,32 +17,32 @@ fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOp
     o
 }
 
+/// The config of `region` in a deployment of `regions` (name, database), all on one broker.
 fn write_config(
     dir: &Path,
     region: &str,
-    east: &MariaDb,
-    west: &MariaDb,
+    regions: &[(&str, &MariaDb)],
     broker: &Broker,
 ) -> (PathBuf, std::net::SocketAddr) {
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
-    let region_yaml = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
-        format!(
-            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
+    let mut text = format!("region: {region}\nregions:\n");
+    for (i, (name, db)) in regions.iter().enumerate() {
+        text.push_str(&format!(
+            "  {name}:\n    priority: {p}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+             gtid_domain_id: {p}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
              kafka: {{ bootstrap: [\"{}\"] }}\n",
             db.addr().ip(),
             db.addr().port(),
             db.options().server_id,
-            broker.bootstrap()
-        )
-    };
-    let reader = if region == "east" { 1001 } else { 2001 };
-    let text = format!(
-        "region: {region}\nregions:\n{}{}http: {{ listen: \"{http}\" }}\nlog: {{ format: json }}\n\
-         capture: {{ server_id: {reader}, checkpoint_interval: 200ms }}\napply: {{ on_error: pause }}\n",
-        region_yaml("east", east, 1, 1),
-        region_yaml("west", west, 2, 2)
-    );
+            broker.bootstrap(),
+            p = i + 1
+        ));
+    }
+    let reader = 1000 * (regions.iter().position(|(n, _)| *n == region).unwrap_or(0) + 1) + 1;
+    text.push_str(&format!(
+        "http: {{ listen: \"{http}\" }}\nlog: {{ format: json }}\n\
+         capture: {{ server_id: {reader}, checkpoint_interval: 200ms }}\napply: {{ on_error: pause }}\n"
+    ));
     let path = dir.join(format!("{region}.yaml"));
     std::fs::write(&path, text).unwrap();
     (path, http)
@@ -152,8 +152,9 @@ async fn two_regions_written_concurrently_converge_without_loops() {
     install_schemas(&east).await.unwrap();
     install_schemas(&west).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let (east_cfg, east_http) = write_config(dir.path(), "east", &east, &west, &broker);
-    let (west_cfg, west_http) = write_config(dir.path(), "west", &east, &west, &broker);
+    let regions = [("east", &east), ("west", &west)];
+    let (east_cfg, east_http) = write_config(dir.path(), "east", &regions, &broker);
+    let (west_cfg, west_http) = write_config(dir.path(), "west", &regions, &broker);
     let _east_ferry = Ferry::start(&east_cfg, &dir.path().join("east.log"));
     let _west_ferry = Ferry::start(&west_cfg, &dir.path().join("west.log"));
     wait_ready(east_http).await;
@@ -204,4 +205,53 @@ async fn two_regions_written_concurrently_converge_without_loops() {
         let applied = metrics.lines().find(|l| l.starts_with("ferry_apply_transactions_total")).unwrap_or("");
         assert!(!applied.is_empty(), "{region} applied something: {metrics}");
     }
+}
+
+#[tokio::test]
+async fn a_three_region_ring_converges_the_same_way() {
+    let names = ["east", "west", "north"];
+    let mut dbs = Vec::new();
+    for (i, name) in names.iter().enumerate() {
+        let n = i as u32 + 1;
+        let db = MariaDb::start_temp(db_options(&format!("{name}-db"), n * 100 + 1, n, n)).await.unwrap();
+        install_schemas(&db).await.unwrap();
+        dbs.push(db);
+    }
+    let broker = Broker::start_temp().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let regions: Vec<(&str, &MariaDb)> = names.iter().copied().zip(dbs.iter()).collect();
+    let mut ferries = Vec::new();
+    let mut https = Vec::new();
+    for name in names {
+        let (cfg, http) = write_config(dir.path(), name, &regions, &broker);
+        ferries.push(Ferry::start(&cfg, &dir.path().join(format!("{name}.log"))));
+        https.push(http);
+    }
+    for http in &https {
+        wait_ready(*http).await;
+    }
+    let started = Instant::now();
+    tokio::join!(
+        workload(&dbs[0], "east", 120),
+        workload(&dbs[1], "west", 120),
+        workload(&dbs[2], "north", 120)
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let dumps = loop {
+        let mut d = Vec::new();
+        for db in &dbs {
+            d.push(dump(db).await);
+        }
+        if (d[0] == d[1] && d[1] == d[2]) || Instant::now() > deadline {
+            break d;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for (i, name) in names.iter().enumerate().skip(1) {
+        assert_eq!(dumps[i], dumps[0], "{name} differs from east");
+    }
+    let products = &dumps[0].iter().find(|(t, _)| t == "products").unwrap().1;
+    assert!(products.iter().any(|r| r.contains("north-5")), "north's rows reached east");
+    println!("ring of 3 converged in {:?}", started.elapsed());
+    drop(ferries);
 }

@@ -1,0 +1,178 @@
+//! Bad input through the real broker: records that are not JSON, have an unknown envelope
+//! version, or break a transaction's record sequence are parked in the dead-letter topic with
+//! their offset and reason; the applier never panics and never skips data silently.
+
+use std::time::{Duration, Instant};
+
+use ferry::capture::txn::TxnHeader;
+use ferry::model::{Gtid, MariaGtid, Op, Row, RowChange, Value};
+use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, pick_port};
+use ferry::transport::envelope::RecordBuilder;
+use mysql_async::prelude::Queryable;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+fn insert(seq: u64, id: i64) -> Vec<u8> {
+    let header = TxnHeader {
+        gtid: Gtid::MariaDb(MariaGtid { domain: 1, server_id: 101, seq }),
+        server_id: 101,
+        commit_time_us: 1_795_000_000_000_000,
+    };
+    let row = Row(vec![
+        ("id".into(), Value::Int { v: id }),
+        ("note".into(), Value::Text { v: format!("row {id}") }),
+    ]);
+    let change = RowChange {
+        db: "t".into(),
+        table: "x".into(),
+        op: Op::Insert,
+        key: Row(vec![("id".into(), Value::Int { v: id })]),
+        before: None,
+        after: Some(row),
+        generated: Vec::new(),
+    };
+    let mut b = RecordBuilder::new("east", 65536);
+    assert!(b.push(&header, &change).unwrap().is_none());
+    b.finish(&header).payload
+}
+
+async fn produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    for p in payloads {
+        producer
+            .send(FutureRecord::to(topic).key("k").payload(p), Duration::from_secs(20))
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+fn dead_letters(bootstrap: &str, topic: &str, want: usize) -> Vec<serde_json::Value> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "dlq-check")
+        .create()
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while out.len() < want && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
+        }
+    }
+    out
+}
+
+async fn setup(
+    on_error: &str,
+) -> (MariaDb, Broker, tempfile::TempDir, std::path::PathBuf, std::net::SocketAddr) {
+    let west = MariaDb::start_temp(MariaDbOptions::test("west-dlq", 201, 2)).await.unwrap();
+    let broker = Broker::start_temp().await.unwrap();
+    broker.create_topic("ferry.east.changes", 1).await.unwrap();
+    let mut c = west.conn().await.unwrap();
+    c.query_drop("CREATE DATABASE t").await.unwrap();
+    c.query_drop("CREATE TABLE t.x (id INT PRIMARY KEY, note VARCHAR(40))").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
+    let region = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
+        format!(
+            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
+             kafka: {{ bootstrap: [\"{}\"] }}\n",
+            db.addr().ip(),
+            db.addr().port(),
+            db.options().server_id + priority,
+            broker.bootstrap()
+        )
+    };
+    let config = dir.path().join("west.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "region: west\nregions:\n{}{}http: {{ listen: \"{http}\" }}\napply: {{ on_error: {on_error} }}\n",
+            region("east", &west, 1, 1),
+            region("west", &west, 2, 2)
+        ),
+    )
+    .unwrap();
+    (west, broker, dir, config, http)
+}
+
+async fn ids(db: &MariaDb) -> Vec<i64> {
+    db.conn().await.unwrap().query("SELECT id FROM t.x ORDER BY id").await.unwrap()
+}
+
+#[tokio::test]
+async fn bad_records_are_dead_lettered_and_skip_mode_applies_the_rest() {
+    let (west, broker, dir, config, _http) = setup("skip").await;
+    let orphan =
+        String::from_utf8(insert(3, 3)).unwrap().replace("\"record\":0", "\"record\":1").into_bytes();
+    produce(
+        &broker.bootstrap(),
+        "ferry.east.changes",
+        &[insert(1, 1), b"{not json".to_vec(), br#"{"v":9,"future":true}"#.to_vec(), orphan, insert(4, 4)],
+    )
+    .await;
+    let log = std::fs::File::create(dir.path().join("west.log")).unwrap();
+    let mut ferry =
+        std::process::Command::new(FERRY).args(["run", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ids(&west).await != vec![1, 4] {
+        assert!(Instant::now() < deadline, "rows 1 and 4 never applied; have {:?}", ids(&west).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parked = dead_letters(&broker.bootstrap(), "ferry.west.dlq", 3);
+    let _ = ferry.kill();
+    let _ = ferry.wait();
+    assert_eq!(parked.len(), 3, "three records parked: {parked:?}");
+    let summary: Vec<(String, i64)> = parked
+        .iter()
+        .map(|p| (p["kind"].as_str().unwrap().to_string(), p["first_offset"].as_i64().unwrap()))
+        .collect();
+    assert_eq!(summary, vec![("decode".into(), 1), ("decode".into(), 2), ("sequence".into(), 3)]);
+    assert!(parked[0]["reason"].as_str().unwrap().contains("not a valid envelope"), "{}", parked[0]);
+    assert_eq!(parked[0]["payload"]["text"], "{not json", "the bad record is kept");
+    assert!(parked[1]["reason"].as_str().unwrap().contains("unknown envelope version 9"), "{}", parked[1]);
+    assert!(parked[2]["reason"].as_str().unwrap().contains("record 0 was not seen"), "{}", parked[2]);
+}
+
+#[tokio::test]
+async fn pause_mode_stops_at_the_bad_record_and_says_why() {
+    let (west, broker, dir, config, http) = setup("pause").await;
+    produce(&broker.bootstrap(), "ferry.east.changes", &[insert(1, 1), b"garbage".to_vec(), insert(2, 2)])
+        .await;
+    let log = std::fs::File::create(dir.path().join("west.log")).unwrap();
+    let mut ferry =
+        std::process::Command::new(FERRY).args(["run", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (code, body) = http_get(http, "/health/ready").await.unwrap_or((0, String::new()));
+        if code == 503 && body.contains("paused") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never paused; last /health/ready: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(ids(&west).await, vec![1], "nothing after the bad record is applied");
+    assert!(body.contains("ferry.west.dlq"), "{body}");
+    let (_, metrics) = http_get(http, "/metrics").await.unwrap();
+    assert!(metrics.contains("ferry_apply_paused{origin=\"east\"} 1"), "{metrics}");
+    assert_eq!(dead_letters(&broker.bootstrap(), "ferry.west.dlq", 1).len(), 1);
+    let _ = ferry.kill();
+    let _ = ferry.wait();
+}
