@@ -17,15 +17,19 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 fn insert(seq: u64, id: i64) -> Vec<u8> {
+    insert_row(seq, id, true)
+}
+
+fn insert_row(seq: u64, id: i64, with_note: bool) -> Vec<u8> {
     let header = TxnHeader {
         gtid: Gtid::MariaDb(MariaGtid { domain: 1, server_id: 101, seq }),
         server_id: 101,
         commit_time_us: 1_795_000_000_000_000,
     };
-    let row = Row(vec![
-        ("id".into(), Value::Int { v: id }),
-        ("note".into(), Value::Text { v: format!("row {id}") }),
-    ]);
+    let mut row = Row(vec![("id".into(), Value::Int { v: id })]);
+    if with_note {
+        row.0.push(("note".into(), Value::Text { v: format!("row {id}") }));
+    }
     let change = RowChange {
         db: "t".into(),
         table: "x".into(),
@@ -175,4 +179,29 @@ async fn pause_mode_stops_at_the_bad_record_and_says_why() {
     assert_eq!(dead_letters(&broker.bootstrap(), "ferry.west.dlq", 1).len(), 1);
     let _ = ferry.kill();
     let _ = ferry.wait();
+}
+
+#[tokio::test]
+async fn rows_that_do_not_fit_the_target_table_are_dead_lettered_not_guessed_at() {
+    let (west, broker, dir, config, _http) = setup("skip").await;
+    let mut c = west.conn().await.unwrap();
+    // The target lacks the column `note`, and `id` is narrower than the origin's.
+    c.query_drop("DROP TABLE t.x").await.unwrap();
+    c.query_drop("CREATE TABLE t.x (id TINYINT PRIMARY KEY)").await.unwrap();
+    // Row 1 carries a column the target lacks; row 1000 does not fit a TINYINT (a non-strict
+    // session would store 127 with a warning).
+    produce(&broker.bootstrap(), "ferry.east.changes", &[insert(1, 1), insert_row(2, 1000, false)]).await;
+    let log = std::fs::File::create(dir.path().join("west.log")).unwrap();
+    let mut ferry =
+        std::process::Command::new(FERRY).args(["run", "--config"]).arg(&config).stderr(log).spawn().unwrap();
+    let parked = dead_letters(&broker.bootstrap(), "ferry.west.dlq", 2);
+    let _ = ferry.kill();
+    let _ = ferry.wait();
+    assert_eq!(parked.len(), 2, "{parked:?}");
+    assert!(parked.iter().all(|p| p["kind"] == "apply"), "{parked:?}");
+    assert!(parked[0]["reason"].as_str().unwrap().contains("Unknown column 'note'"), "{}", parked[0]);
+    assert_eq!(parked[0]["gtid"], "1-101-1");
+    assert!(parked[0]["rows"].as_array().is_some_and(|r| r.len() == 1), "the rows are kept: {}", parked[0]);
+    assert!(parked[1]["reason"].as_str().unwrap().contains("Out of range"), "{}", parked[1]);
+    assert!(ids(&west).await.is_empty(), "nothing was written half-way");
 }

@@ -64,9 +64,11 @@ impl Target {
         let mut conn =
             Conn::new(opts).await.map_err(|e| ApplyError::from_sql("connecting to the local primary", e))?;
         // UTC for temporal literals, the binary charset so bound bytes are never reinterpreted,
-        // zero dates and explicit zero keys allowed (they are what the origin stored).
+        // strict so a value that does not fit its column is an error (never silently
+        // coerced), zero dates and explicit zero keys allowed (they are what the origin stored).
         conn.query_drop(
-            "SET NAMES binary, SESSION time_zone = '+00:00', SESSION sql_mode = 'NO_AUTO_VALUE_ON_ZERO'",
+            "SET NAMES binary, SESSION time_zone = '+00:00', \
+             SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO'",
         )
         .await
         .map_err(|e| ApplyError::from_sql("setting up the apply session", e))?;
