@@ -144,6 +144,35 @@ async fn workload(db: &MariaDb, tag: &str, rows: usize) {
     }
 }
 
+/// (records in `topic`, records whose origin is not `region`).
+fn origins_in_topic(bootstrap: &str, topic: &str, region: &str) -> (usize, usize) {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "loop-check")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    consumer.assign(&tpl).unwrap();
+    let (_, high) = consumer.fetch_watermarks(topic, 0, Duration::from_secs(10)).unwrap();
+    let (mut records, mut strangers, mut next) = (0, 0, 0);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while next < high && Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
+            next = m.offset() + 1;
+            records += 1;
+            let env = ferry::transport::envelope::Envelope::parse(m.payload().unwrap()).unwrap();
+            if env.origin.region != region {
+                strangers += 1;
+            }
+        }
+    }
+    (records, strangers)
+}
+
 #[tokio::test]
 async fn two_regions_written_concurrently_converge_without_loops() {
     let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
@@ -201,7 +230,17 @@ async fn two_regions_written_concurrently_converge_without_loops() {
             .find(|l| l.starts_with("ferry_capture_transactions_total{kind=\"foreign\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .unwrap_or(0.0);
-        assert!(foreign > 100.0, "{region}'s capture skipped the applied transactions (foreign = {foreign})");
+        assert!(
+            foreign > 0.0,
+            "{region}'s capture saw and skipped the applied transactions (foreign = {foreign})"
+        );
+        let (records, strangers) =
+            origins_in_topic(&broker.bootstrap(), &format!("ferry.{region}.changes"), region);
+        assert!(records > 100, "ferry.{region}.changes holds {region}'s transactions ({records} records)");
+        assert_eq!(
+            strangers, 0,
+            "ferry.{region}.changes holds {strangers} records of another origin: a loop"
+        );
         let applied = metrics.lines().find(|l| l.starts_with("ferry_apply_transactions_total")).unwrap_or("");
         assert!(!applied.is_empty(), "{region} applied something: {metrics}");
     }

@@ -94,6 +94,17 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
         c.query_drop("CREATE DATABASE t").await.unwrap();
         c.query_drop("CREATE TABLE t.load (id BIGINT PRIMARY KEY, note VARCHAR(100))").await.unwrap();
     }
+    // On west, count every committed apply of each row: BEFORE INSERT fires for each applied
+    // insert, an upsert of an existing row included, and rolls back with its transaction.
+    // Row images are idempotent, so this (not the data) is what shows a double apply.
+    let mut w = west.conn().await.unwrap();
+    w.query_drop("CREATE TABLE t.seen (id BIGINT PRIMARY KEY, n INT NOT NULL)").await.unwrap();
+    w.query_drop(
+        "CREATE TRIGGER t.count_apply BEFORE INSERT ON t.load FOR EACH ROW \
+         INSERT INTO t.seen (id, n) VALUES (NEW.id, 1) ON DUPLICATE KEY UPDATE n = n + 1",
+    )
+    .await
+    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let east_cfg = config(
         dir.path(),
@@ -143,7 +154,6 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
     let written = writer.await.unwrap();
 
     // Rewind once: as if the stored offsets were lost, read the whole topic again.
-    let mut w = west.conn().await.unwrap();
     w.query_drop("UPDATE ferry.applied SET kafka_offset = -1").await.unwrap();
     let mut applier = spawn(&west_cfg, &west_log);
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -164,6 +174,14 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
     let _ = capture.kill();
     let _ = capture.wait();
 
+    let seen: Vec<(i64, i64)> =
+        w.query("SELECT COUNT(*), COALESCE(SUM(n > 1), 0) FROM t.seen").await.unwrap();
+    let (rows_seen, applied_twice_rows) = seen[0];
+    println!(
+        "apply kill -9: rows applied once {rows_seen}, rows applied more than once {applied_twice_rows}"
+    );
+    assert_eq!(rows_seen as usize, expected.len(), "every east row was applied");
+    assert_eq!(applied_twice_rows, 0, "rows applied more than once");
     let source = gtid_counts(&east).await;
     let applied = gtid_counts(&west).await;
     let twice: Vec<(&String, &usize)> = applied.iter().filter(|(_, n)| **n > 1).collect();

@@ -13,7 +13,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels};
 use super::reassemble::{Assembled, Reassembler, Transaction};
-use super::target::{ApplyError, ApplyOutcome, Target};
+use super::target::{ApplyError, Target};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
 use crate::model::Value;
@@ -24,6 +24,11 @@ use crate::transport::{changes_topic, dlq_topic};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// While catching up, consecutive transactions are committed together, up to these limits.
+const MAX_GROUP_TRANSACTIONS: usize = 200;
+const MAX_GROUP_ROWS: usize = 5000;
+/// How long an open group waits for the next record before it is applied.
+const GROUP_WAIT: Duration = Duration::from_millis(2);
 /// The topics ferry uses have one partition: order is total.
 const PARTITION: i32 = 0;
 
@@ -104,11 +109,33 @@ impl ApplyRole {
         self.metrics.paused.get_or_create(&self.labels()).set(0);
 
         let mut reassembler = Reassembler::default();
+        let mut group: Vec<Transaction> = Vec::new();
         loop {
-            let message = tokio::select! {
-                biased;
-                _ = ctx.shutdown.cancelled() => return Ok(false),
-                m = consumer.recv() => m.map_err(|e| transient("consuming", &e))?,
+            // With a group open, wait only briefly: when nothing more is queued, apply it.
+            let message = if group.is_empty() {
+                tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => return Ok(false),
+                    m = consumer.recv() => Some(m.map_err(|e| transient("consuming", &e))?),
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = ctx.shutdown.cancelled() => return Ok(false),
+                    m = tokio::time::timeout(GROUP_WAIT, consumer.recv()) => match m {
+                        Ok(m) => Some(m.map_err(|e| transient("consuming", &e))?),
+                        Err(_) => None,
+                    },
+                }
+            };
+            let Some(message) = message else {
+                if self
+                    .apply_group(&mut target, &std::mem::take(&mut group), &topic, &dlq, &dlq_name, ctx)
+                    .await?
+                {
+                    return Ok(true);
+                }
+                continue;
             };
             let offset = message.offset();
             let payload = message.payload().unwrap_or_default().to_vec();
@@ -116,6 +143,12 @@ impl ApplyRole {
             let envelope = match Envelope::parse(&payload) {
                 Ok(e) => e,
                 Err(e) => {
+                    if self
+                        .apply_group(&mut target, &std::mem::take(&mut group), &topic, &dlq, &dlq_name, ctx)
+                        .await?
+                    {
+                        return Ok(true);
+                    }
                     let parked = DeadLetter::record(&topic, offset, &e.to_string(), &payload);
                     if self.park(&dlq, &dlq_name, parked, "decode", ctx).await? {
                         return Ok(true);
@@ -124,54 +157,116 @@ impl ApplyRole {
                 }
             };
             for assembled in reassembler.feed(envelope, offset) {
-                let paused = match assembled {
+                match assembled {
                     Assembled::Complete(txn) => {
-                        self.apply_with_retry(&mut target, &txn, &topic, &dlq, &dlq_name, ctx).await?
+                        group.push(txn);
+                        let rows: usize = group.iter().map(|t| t.rows.len()).sum();
+                        let full = !target.groups()
+                            || group.len() >= MAX_GROUP_TRANSACTIONS
+                            || rows >= MAX_GROUP_ROWS;
+                        if full
+                            && self
+                                .apply_group(
+                                    &mut target,
+                                    &std::mem::take(&mut group),
+                                    &topic,
+                                    &dlq,
+                                    &dlq_name,
+                                    ctx,
+                                )
+                                .await?
+                        {
+                            return Ok(true);
+                        }
                     }
                     Assembled::Broken { reason, gtid, first_offset, last_offset } => {
+                        if self
+                            .apply_group(
+                                &mut target,
+                                &std::mem::take(&mut group),
+                                &topic,
+                                &dlq,
+                                &dlq_name,
+                                ctx,
+                            )
+                            .await?
+                        {
+                            return Ok(true);
+                        }
                         let parked = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
-                        self.park(&dlq, &dlq_name, parked, "sequence", ctx).await?
+                        if self.park(&dlq, &dlq_name, parked, "sequence", ctx).await? {
+                            return Ok(true);
+                        }
                     }
-                };
-                if paused {
-                    return Ok(true);
                 }
             }
         }
     }
 
-    /// Apply one transaction, retrying transient errors in place (order is kept: nothing
-    /// after it is applied first). Returns true when applying is now paused.
-    async fn apply_with_retry(
+    /// Apply a group (consecutive origin transactions, committed together). When the group
+    /// fails for a reason retrying cannot fix, its transactions are applied one by one so that
+    /// exactly the failing one is dead-lettered. Returns true when applying is now paused.
+    async fn apply_group(
         &self,
         target: &mut Target,
-        txn: &Transaction,
+        group: &[Transaction],
         topic: &str,
         dlq: &FutureProducer,
         dlq_name: &str,
         ctx: &RoleContext,
     ) -> Result<bool, ApplyError> {
+        if group.is_empty() {
+            return Ok(false);
+        }
+        match self.apply_retrying(target, group, topic, ctx).await? {
+            Ok(()) => return Ok(false),
+            Err(reason) if group.len() == 1 => {
+                let parked = DeadLetter::transaction(topic, &group[0], &reason);
+                return self.park(dlq, dlq_name, parked, "apply", ctx).await;
+            }
+            Err(_) => {}
+        }
+        for txn in group {
+            if let Err(reason) = self.apply_retrying(target, std::slice::from_ref(txn), topic, ctx).await?
+                && self
+                    .park(dlq, dlq_name, DeadLetter::transaction(topic, txn, &reason), "apply", ctx)
+                    .await?
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Apply, retrying transient errors in place (order is kept: nothing after it is applied
+    /// first). `Ok(Err(reason))` is a permanent failure.
+    async fn apply_retrying(
+        &self,
+        target: &mut Target,
+        group: &[Transaction],
+        topic: &str,
+        ctx: &RoleContext,
+    ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match target.apply(txn, topic, PARTITION).await {
-                Ok(ApplyOutcome::Applied { rows }) => {
-                    self.metrics.transactions.get_or_create(&self.labels()).inc();
-                    self.metrics.rows.get_or_create(&self.labels()).inc_by(rows as u64);
-                    self.observe_lag(txn);
-                    return Ok(false);
-                }
-                Ok(ApplyOutcome::AlreadyApplied) => {
-                    self.metrics.duplicates.get_or_create(&self.labels()).inc();
-                    return Ok(false);
+            match target.apply(group, topic, PARTITION).await {
+                Ok(outcome) => {
+                    self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
+                    self.metrics.rows.get_or_create(&self.labels()).inc_by(outcome.rows as u64);
+                    self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
+                    if let Some(last) = group.last() {
+                        self.observe_lag(group, last);
+                    }
+                    return Ok(Ok(()));
                 }
                 Err(ApplyError::Permanent(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("permanent")).inc();
-                    let parked = DeadLetter::transaction(topic, txn, &reason);
-                    return self.park(dlq, dlq_name, parked, "apply", ctx).await;
+                    return Ok(Err(reason));
                 }
                 Err(ApplyError::Transient(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("transient")).inc();
-                    tracing::warn!(origin = %self.origin, gtid = %txn.origin.gtid, %reason, retry_in = ?backoff, "apply failed; retrying");
+                    let gtid = group.last().map(|t| t.origin.gtid.to_string()).unwrap_or_default();
+                    tracing::warn!(origin = %self.origin, %gtid, %reason, retry_in = ?backoff, "apply failed; retrying");
                     if reason.contains("connecting") || reason.contains("driver") || reason.contains("io") {
                         // The connection is gone: let the session reconnect and seek again.
                         return Err(ApplyError::Transient(reason));
@@ -186,11 +281,12 @@ impl ApplyRole {
         }
     }
 
-    fn observe_lag(&self, txn: &Transaction) {
+    fn observe_lag(&self, group: &[Transaction], last: &Transaction) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         let seconds = |us: i64| ((now - us) as f64 / 1e6).max(0.0);
-        self.metrics.lag.get_or_create(&self.labels()).set(seconds(txn.commit_time_us));
-        let beat = txn.rows.iter().rev().find(|r| r.db == "ferry" && r.table == "heartbeat").and_then(|r| {
+        self.metrics.lag.get_or_create(&self.labels()).set(seconds(last.commit_time_us));
+        let rows = group.iter().flat_map(|t| &t.rows);
+        let beat = rows.rev().find(|r| r.db == "ferry" && r.table == "heartbeat").and_then(|r| {
             match r.after.as_ref()?.get("beat_at_us")? {
                 Value::Int { v } => Some(*v),
                 _ => None,

@@ -37,14 +37,14 @@ impl ApplyError {
     }
 }
 
-/// What `apply` did.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ApplyOutcome {
-    Applied {
-        rows: usize,
-    },
-    /// `ferry.applied` already covers it (a replayed record).
-    AlreadyApplied,
+/// What `apply` did with a group.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GroupOutcome {
+    /// Transactions written.
+    pub applied: usize,
+    pub rows: usize,
+    /// Transactions `ferry.applied` already covered (replays), left out.
+    pub duplicates: usize,
 }
 
 /// Where an origin's apply stands, from `ferry.applied`.
@@ -97,39 +97,48 @@ impl Target {
         .transpose()
     }
 
-    /// Apply `txn` (from `topic` partition `partition`) as one transaction.
+    /// Apply consecutive origin transactions (from `topic` partition `partition`) as one local
+    /// transaction: each stays whole, the group carries the last one's GTID, and
+    /// `ferry.applied` records the last one. Transactions `ferry.applied` already covers are
+    /// left out. On MySQL, where `gtid_next` names exactly one transaction, apply groups of one.
     pub async fn apply(
         &mut self,
-        txn: &Transaction,
+        group: &[Transaction],
         topic: &str,
         partition: i32,
-    ) -> Result<ApplyOutcome, ApplyError> {
-        let origin = &txn.origin;
-        if let Some(done) = self.applied(&origin.region).await?
-            && covers(&done.gtid, &origin.gtid)
-        {
-            return Ok(ApplyOutcome::AlreadyApplied);
-        }
-        self.set_identity(&origin.gtid).await?;
-        let result = self.write(txn, topic, partition).await;
+    ) -> Result<GroupOutcome, ApplyError> {
+        let Some(first) = group.first() else { return Ok(GroupOutcome::default()) };
+        let done = self.applied(&first.origin.region).await?;
+        let fresh: Vec<&Transaction> = group
+            .iter()
+            .filter(|t| !done.as_ref().is_some_and(|d| covers(&d.gtid, &t.origin.gtid)))
+            .collect();
+        let mut outcome = GroupOutcome { duplicates: group.len() - fresh.len(), ..GroupOutcome::default() };
+        let Some(last) = fresh.last() else { return Ok(outcome) };
+        self.set_identity(&last.origin.gtid).await?;
+        let result = self.write(&fresh, topic, partition).await;
         if self.flavor == Flavor::Mysql {
             let _ = self.conn.query_drop("SET gtid_next = 'AUTOMATIC'").await;
         }
-        result
+        result?;
+        outcome.applied = fresh.len();
+        outcome.rows = fresh.iter().map(|t| t.rows.len()).sum();
+        Ok(outcome)
     }
 
-    async fn write(
-        &mut self,
-        txn: &Transaction,
-        topic: &str,
-        partition: i32,
-    ) -> Result<ApplyOutcome, ApplyError> {
+    /// Whether this target can commit several origin transactions together.
+    pub fn groups(&self) -> bool {
+        self.flavor == Flavor::Mariadb
+    }
+
+    async fn write(&mut self, group: &[&Transaction], topic: &str, partition: i32) -> Result<(), ApplyError> {
+        let Some(last) = group.last() else { return Ok(()) };
         let mut tx = self
             .conn
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| ApplyError::from_sql("starting the apply transaction", e))?;
-        for change in &txn.rows {
+        for change in group.iter().flat_map(|t| &t.rows) {
             let Some(statement) = sql::statement(change) else { continue };
             let where_ = format!("{:?} {}", change.op, change.qualified_table());
             tx.exec_drop(&statement.sql, statement.params)
@@ -149,12 +158,11 @@ impl Target {
             "INSERT INTO ferry.applied (origin, gtid, kafka_topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, ?, ?) \
              ON DUPLICATE KEY UPDATE gtid = VALUES(gtid), kafka_topic = VALUES(kafka_topic), \
              kafka_partition = VALUES(kafka_partition), kafka_offset = VALUES(kafka_offset)",
-            (&txn.origin.region, txn.origin.gtid.to_string(), topic, partition, txn.last_offset),
+            (&last.origin.region, last.origin.gtid.to_string(), topic, partition, last.last_offset),
         )
         .await
         .map_err(|e| ApplyError::from_sql("writing ferry.applied", e))?;
-        tx.commit().await.map_err(|e| ApplyError::from_sql("committing", e))?;
-        Ok(ApplyOutcome::Applied { rows: txn.rows.len() })
+        tx.commit().await.map_err(|e| ApplyError::from_sql("committing", e))
     }
 
     /// Make the next transaction carry the origin's GTID, so the target's binlog records it
