@@ -59,6 +59,12 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// ferry's apply beside MariaDB's own replication (serial and 4 threads) on one workload.
+    Apply {
+        /// Transactions of the PSI workload (4 row changes each).
+        #[arg(long, default_value_t = 20_000)]
+        transactions: usize,
+    },
     /// Capture's decoding speed beside a raw binlog copy of the same binlog.
     Capture {
         /// Rows of PSI writes to generate (in 1,000-row transactions).
@@ -118,6 +124,24 @@ pub fn main() -> i32 {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
+        Command::Bench { command: BenchCommand::Apply { transactions } } => {
+            logging::init(LogFormat::Text, "warn");
+            block_on(async move {
+                let result = match std::env::current_exe() {
+                    Ok(bin) => {
+                        crate::bench::apply::run(crate::bench::apply::Options { transactions }, &bin).await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match result {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("bench apply: {e:#}");
+                        1
+                    }
+                }
+            })
+        }
         Command::Bench { command: BenchCommand::Capture { rows, no_kafka } } => {
             logging::init(LogFormat::Text, "warn");
             block_on(async move {

@@ -59,10 +59,10 @@ fn cpu_seconds() -> f64 {
     secs(u.ru_utime) + secs(u.ru_stime)
 }
 
-struct Leg {
-    seconds: f64,
-    cpu_seconds: f64,
-    bytes: u64,
+pub(crate) struct Leg {
+    pub(crate) seconds: f64,
+    pub(crate) cpu_seconds: f64,
+    pub(crate) bytes: u64,
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -180,7 +180,7 @@ async fn raw_copy(db: &MariaDb, conn: &mut mysql_async::Conn) -> anyhow::Result<
 }
 
 /// Time the capture pipeline from `start` until `end` is acknowledged.
-async fn capture_leg<S: RecordSink>(
+pub(crate) async fn capture_leg<S: RecordSink>(
     db: &MariaDb,
     start: &Position,
     end: MariaGtid,

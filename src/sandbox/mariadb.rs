@@ -110,8 +110,20 @@ impl MariaDb {
         primary: &MariaDb,
         semi_sync: bool,
     ) -> Result<Self, SandboxError> {
-        let db = Self::start(opts, dir, true).await?;
-        let mut conn = db.root_conn().await?;
+        let db = Self::start_idle_replica(opts, dir).await?;
+        db.replicate_from(primary, semi_sync).await?;
+        db.wait_caught_up(primary).await?;
+        Ok(db)
+    }
+
+    /// Start a read-only server that will be a replica, without replicating yet.
+    pub async fn start_idle_replica(opts: MariaDbOptions, dir: ServerDir) -> Result<Self, SandboxError> {
+        Self::start(opts, dir, true).await
+    }
+
+    /// Point this server at `primary` by GTID and start replicating.
+    pub async fn replicate_from(&self, primary: &MariaDb, semi_sync: bool) -> Result<(), SandboxError> {
+        let mut conn = self.root_conn().await?;
         let change = format!(
             "CHANGE MASTER TO MASTER_HOST='{}', MASTER_PORT={}, MASTER_USER='{REPL_USER}', \
              MASTER_PASSWORD='{}', MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
@@ -133,8 +145,7 @@ impl MariaDb {
                 .map_err(|e| SandboxError::sql("enabling semi-sync on the primary", e))?;
             p.disconnect().await.ok();
         }
-        db.wait_caught_up(primary).await?;
-        Ok(db)
+        Ok(())
     }
 
     async fn start(opts: MariaDbOptions, dir: ServerDir, replica: bool) -> Result<Self, SandboxError> {
@@ -193,7 +204,8 @@ impl MariaDb {
         Ok(MariaDb { process, dir, port: addr.port(), opts })
     }
 
-    async fn wait_caught_up(&self, primary: &MariaDb) -> Result<(), SandboxError> {
+    /// Wait until this replica has applied everything `primary` has binlogged.
+    pub async fn wait_caught_up(&self, primary: &MariaDb) -> Result<(), SandboxError> {
         let mut p = primary.root_conn().await?;
         let pos: Option<String> = p
             .query_first("SELECT @@gtid_binlog_pos")
