@@ -193,3 +193,187 @@ mod tests {
         assert_eq!(s.sql, "DELETE FROM `psi`.`od``d` WHERE `a` <=> ? AND `b` <=> ? LIMIT 1");
     }
 }
+
+/// `(db, table)`
+type TableName<'a> = (&'a str, &'a str);
+/// `(db, table, written columns)`: rows with the same shape share one multi-row upsert.
+type UpsertShape<'a> = (&'a str, &'a str, Vec<&'a str>);
+
+/// How many rows one multi-row statement carries (well under MySQL's 65,535 placeholders).
+const BATCH_ROWS: usize = 500;
+
+/// Statements for a group of changes committed together, in as few round trips as the data
+/// allows. Within one atomic commit only each row's final state matters: per primary key the
+/// changes collapse to "upsert the last after image" or "delete" (a changed key is a delete of
+/// the old key and an upsert of the new one). Deletes come first (a unique value a deleted row
+/// held may be reused), then upserts, batched per table and column set. Rows of tables without
+/// a primary key keep their order, one statement each.
+pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statement> {
+    enum Final<'a> {
+        Upsert(&'a RowChange),
+        Delete(&'a RowChange, &'a Row),
+    }
+    let mut finals: Vec<((String, String, String), Final<'a>)> = Vec::new();
+    let mut index: std::collections::HashMap<(String, String, String), usize> =
+        std::collections::HashMap::new();
+    let mut keyless = Vec::new();
+    let mut set = |id: (String, String, String), f: Final<'a>| match index.get(&id) {
+        Some(&i) => finals[i].1 = f,
+        None => {
+            index.insert(id.clone(), finals.len());
+            finals.push((id, f));
+        }
+    };
+    let key_text = |row: &Row, change: &RowChange| -> String {
+        let cols: Vec<&str> = change.key.columns().collect();
+        let key = Row(row.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect());
+        serde_json::to_string(&key).unwrap_or_default()
+    };
+    for change in changes {
+        if change.key.is_empty() {
+            keyless.push(change);
+            continue;
+        }
+        let id = |row: &Row| (change.db.clone(), change.table.clone(), key_text(row, change));
+        match (change.op, change.before.as_ref(), change.after.as_ref()) {
+            (Op::Insert, _, Some(after)) => set(id(after), Final::Upsert(change)),
+            (Op::Update, Some(before), Some(after)) => {
+                let (old, new) = (id(before), id(after));
+                if old != new {
+                    set(old, Final::Delete(change, before));
+                }
+                set(new, Final::Upsert(change));
+            }
+            (Op::Delete, Some(before), _) => set(id(before), Final::Delete(change, before)),
+            _ => keyless.push(change),
+        }
+    }
+
+    let mut out = Vec::new();
+    // Deletes, per table: `DELETE … WHERE (k1, k2) IN ((?, ?), …)`.
+    let mut deletes: Vec<(TableName<'_>, Vec<(&RowChange, &Row)>)> = Vec::new();
+    for (_, f) in &finals {
+        if let Final::Delete(change, before) = f {
+            let t = (change.db.as_str(), change.table.as_str());
+            match deletes.iter_mut().find(|(k, _)| *k == t) {
+                Some((_, v)) => v.push((change, before)),
+                None => deletes.push((t, vec![(change, before)])),
+            }
+        }
+    }
+    for (_, rows) in deletes {
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let (first, _) = chunk[0];
+            let cols: Vec<&str> = first.key.columns().collect();
+            let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+            let mut params = Vec::new();
+            for (change, before) in chunk {
+                let key_cols: Vec<&str> = change.key.columns().collect();
+                for c in &key_cols {
+                    params.push(before.get(c).map(bind).unwrap_or(MyValue::NULL));
+                }
+            }
+            let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+            out.push(Statement {
+                sql: format!(
+                    "DELETE FROM {} WHERE ({}) IN ({})",
+                    table(first),
+                    names.join(", "),
+                    vec![tuple.as_str(); chunk.len()].join(", ")
+                ),
+                params,
+            });
+        }
+    }
+    // Upserts, per table and column set.
+    let mut upserts: Vec<(UpsertShape<'_>, Vec<&RowChange>)> = Vec::new();
+    for (_, f) in &finals {
+        if let Final::Upsert(change) = f
+            && let Some(after) = change.after.as_ref()
+        {
+            let cols: Vec<&str> = written(after, change).map(|(c, _)| c.as_str()).collect();
+            let k = (change.db.as_str(), change.table.as_str(), cols);
+            match upserts.iter_mut().find(|(x, _)| *x == k) {
+                Some((_, v)) => v.push(change),
+                None => upserts.push((k, vec![change])),
+            }
+        }
+    }
+    for ((_, _, cols), rows) in upserts {
+        if cols.is_empty() {
+            continue;
+        }
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+            let mut tuples = Vec::with_capacity(chunk.len());
+            let mut params = Vec::with_capacity(chunk.len() * cols.len());
+            for change in chunk {
+                let Some(after) = change.after.as_ref() else { continue };
+                let values: Vec<&Value> = written(after, change).map(|(_, v)| v).collect();
+                tuples.push(format!(
+                    "({})",
+                    values.iter().map(|v| placeholder(v)).collect::<Vec<_>>().join(", ")
+                ));
+                params.extend(values.iter().map(|v| bind(v)));
+            }
+            let updates: Vec<String> = names.iter().map(|n| format!("{n} = VALUES({n})")).collect();
+            out.push(Statement {
+                sql: format!(
+                    "INSERT INTO {} ({}) VALUES {} ON DUPLICATE KEY UPDATE {}",
+                    table(chunk[0]),
+                    names.join(", "),
+                    tuples.join(", "),
+                    updates.join(", ")
+                ),
+                params,
+            });
+        }
+    }
+    out.extend(keyless.into_iter().filter_map(statement));
+    out
+}
+
+#[cfg(test)]
+mod batch_tests {
+    use super::*;
+
+    fn row(id: i64, qty: i64) -> Row {
+        Row(vec![("id".into(), Value::Int { v: id }), ("qty".into(), Value::Int { v: qty })])
+    }
+
+    fn change(op: Op, before: Option<Row>, after: Option<Row>) -> RowChange {
+        let key_of = |r: &Row| Row(vec![("id".into(), r.get("id").cloned().unwrap_or(Value::Null))]);
+        let key = after.as_ref().or(before.as_ref()).map(key_of).unwrap_or_default();
+        RowChange { db: "psi".into(), table: "stock".into(), op, key, before, after, generated: Vec::new() }
+    }
+
+    #[test]
+    fn a_group_collapses_to_final_states_with_deletes_first_and_batched_upserts() {
+        let changes = vec![
+            change(Op::Insert, None, Some(row(1, 5))),
+            change(Op::Update, Some(row(1, 5)), Some(row(1, 4))),
+            change(Op::Insert, None, Some(row(2, 9))),
+            change(Op::Delete, Some(row(3, 1)), None),
+            change(Op::Insert, None, Some(row(4, 1))),
+            change(Op::Delete, Some(row(4, 1)), None),
+            change(Op::Update, Some(row(5, 2)), Some(row(6, 2))),
+        ];
+        let s = batch(&changes);
+        assert_eq!(s.len(), 2, "{s:#?}");
+        assert_eq!(s[0].sql, "DELETE FROM `psi`.`stock` WHERE (`id`) IN ((?), (?), (?))");
+        assert_eq!(s[0].params, vec![MyValue::Int(3), MyValue::Int(4), MyValue::Int(5)]);
+        assert!(s[1].sql.starts_with("INSERT INTO `psi`.`stock` (`id`, `qty`) VALUES (?, ?), (?, ?), (?, ?) ON DUPLICATE KEY UPDATE"), "{}", s[1].sql);
+        assert_eq!(
+            s[1].params,
+            vec![
+                MyValue::Int(1),
+                MyValue::Int(4),
+                MyValue::Int(2),
+                MyValue::Int(9),
+                MyValue::Int(6),
+                MyValue::Int(2)
+            ],
+            "row 1's final image, row 2, and the moved row under its new key"
+        );
+    }
+}

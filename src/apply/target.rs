@@ -13,7 +13,7 @@ use mysql_async::{Conn, Opts, TxOpts};
 use super::reassemble::Transaction;
 use super::sql;
 use crate::config::Flavor;
-use crate::model::{Gtid, Op};
+use crate::model::Gtid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -138,21 +138,11 @@ impl Target {
             .start_transaction(TxOpts::default())
             .await
             .map_err(|e| ApplyError::from_sql("starting the apply transaction", e))?;
-        for change in group.iter().flat_map(|t| &t.rows) {
-            let Some(statement) = sql::statement(change) else { continue };
-            let where_ = format!("{:?} {}", change.op, change.qualified_table());
+        for statement in sql::batch(group.iter().flat_map(|t| &t.rows)) {
+            let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
             tx.exec_drop(&statement.sql, statement.params)
                 .await
-                .map_err(|e| ApplyError::from_sql(&where_, e))?;
-            // An update that found no row: the target lacks it; write the origin's row.
-            if change.op == Op::Update
-                && tx.affected_rows() == 0
-                && let Some(upsert) = sql::upsert(change)
-            {
-                tx.exec_drop(&upsert.sql, upsert.params)
-                    .await
-                    .map_err(|e| ApplyError::from_sql(&where_, e))?;
-            }
+                .map_err(|e| ApplyError::from_sql(&context, e))?;
         }
         tx.exec_drop(
             "INSERT INTO ferry.applied (origin, gtid, kafka_topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, ?, ?) \
