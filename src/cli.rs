@@ -59,6 +59,16 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum BenchCommand {
+    /// End-to-end lag (heartbeat write → applied in the other region) under a steady load in
+    /// both regions of a real sandbox.
+    E2e {
+        /// Row changes per second written in each region.
+        #[arg(long, default_value_t = 2000)]
+        rows_per_second: u64,
+        /// How long to sample.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// ferry's apply beside MariaDB's own replication (serial and 4 threads) on one workload.
     Apply {
         /// Transactions of the PSI workload (4 row changes each).
@@ -124,6 +134,25 @@ pub fn main() -> i32 {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
+        Command::Bench { command: BenchCommand::E2e { rows_per_second, seconds } } => {
+            logging::init(LogFormat::Text, "warn");
+            block_on(async move {
+                let result = match std::env::current_exe() {
+                    Ok(bin) => {
+                        crate::bench::e2e::run(crate::bench::e2e::Options { rows_per_second, seconds }, &bin)
+                            .await
+                    }
+                    Err(e) => Err(e.into()),
+                };
+                match result {
+                    Ok(()) => 0,
+                    Err(e) => {
+                        eprintln!("bench e2e: {e:#}");
+                        1
+                    }
+                }
+            })
+        }
         Command::Bench { command: BenchCommand::Apply { transactions } } => {
             logging::init(LogFormat::Text, "warn");
             block_on(async move {

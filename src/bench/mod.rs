@@ -3,3 +3,4 @@
 
 pub mod apply;
 pub mod capture;
+pub mod e2e;
