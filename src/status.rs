@@ -35,6 +35,9 @@ pub struct StatusSnapshot {
     pub ready: bool,
     pub shutting_down: bool,
     pub roles: BTreeMap<String, RoleState>,
+    /// What roles report beyond their state (e.g. apply: origin, last applied GTID, lag).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Debug)]
@@ -43,6 +46,7 @@ struct Board {
     started: SystemTime,
     shutting_down: bool,
     roles: BTreeMap<String, RoleState>,
+    details: BTreeMap<String, serde_json::Value>,
 }
 
 /// Cheap to clone; all clones share one board.
@@ -59,6 +63,7 @@ impl Status {
             started: SystemTime::now(),
             shutting_down: false,
             roles: BTreeMap::new(),
+            details: BTreeMap::new(),
         };
         Self { board: Arc::new(RwLock::new(board)), role_ready }
     }
@@ -87,6 +92,7 @@ impl Status {
             ready,
             shutting_down: board.shutting_down,
             roles: board.roles.clone(),
+            details: board.details.clone(),
         }
     }
 
@@ -113,6 +119,11 @@ impl RoleReporter {
         let ready = matches!(state, RoleState::Ready);
         self.status.write().roles.insert(self.role.clone(), state);
         self.status.role_ready.get_or_create(&RoleLabels { role: self.role.clone() }).set(i64::from(ready));
+    }
+
+    /// Replace what this role shows in `/status` beyond its state.
+    pub fn set_details(&self, details: serde_json::Value) {
+        self.status.write().details.insert(self.role.clone(), details);
     }
 
     pub fn role(&self) -> &str {

@@ -120,7 +120,7 @@ async fn ids(db: &MariaDb) -> Vec<i64> {
 
 #[tokio::test]
 async fn bad_records_are_dead_lettered_and_skip_mode_applies_the_rest() {
-    let (west, broker, dir, config, _http) = setup("skip").await;
+    let (west, broker, dir, config, http) = setup("skip").await;
     let orphan =
         String::from_utf8(insert(3, 3)).unwrap().replace("\"record\":0", "\"record\":1").into_bytes();
     produce(
@@ -139,6 +139,10 @@ async fn bad_records_are_dead_lettered_and_skip_mode_applies_the_rest() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let parked = dead_letters(&broker.bootstrap(), "ferry.west.dlq", 3);
+    let (_, status) = http_get(http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["details"]["apply-east"]["last_applied_gtid"], "1-101-4", "{status}");
+    assert_eq!(status["details"]["apply-east"]["paused"], false, "{status}");
     let _ = ferry.kill();
     let _ = ferry.wait();
     assert_eq!(parked.len(), 3, "three records parked: {parked:?}");
@@ -176,6 +180,12 @@ async fn pause_mode_stops_at_the_bad_record_and_says_why() {
     assert!(body.contains("ferry.west.dlq"), "{body}");
     let (_, metrics) = http_get(http, "/metrics").await.unwrap();
     assert!(metrics.contains("ferry_apply_paused{origin=\"east\"} 1"), "{metrics}");
+    let (_, status) = http_get(http, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    let east = &status["details"]["apply-east"];
+    assert_eq!(east["paused"], true, "{status}");
+    assert!(east["reason"].as_str().unwrap_or_default().contains("not a valid envelope"), "{status}");
+    assert_eq!(east["parked_offsets"], serde_json::json!([1, 1]), "{status}");
     assert_eq!(dead_letters(&broker.bootstrap(), "ferry.west.dlq", 1).len(), 1);
     let _ = ferry.kill();
     let _ = ferry.wait();

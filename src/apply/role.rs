@@ -255,7 +255,14 @@ impl ApplyRole {
                     self.metrics.rows.get_or_create(&self.labels()).inc_by(outcome.rows as u64);
                     self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
                     if let Some(last) = group.last() {
-                        self.observe_lag(group, last);
+                        let lag = self.observe_lag(group, last);
+                        ctx.reporter.set_details(serde_json::json!({
+                            "origin": self.origin,
+                            "last_applied_gtid": last.origin.gtid.to_string(),
+                            "last_applied_offset": last.last_offset,
+                            "lag_seconds": lag,
+                            "paused": false,
+                        }));
                     }
                     return Ok(Ok(()));
                 }
@@ -281,7 +288,8 @@ impl ApplyRole {
         }
     }
 
-    fn observe_lag(&self, group: &[Transaction], last: &Transaction) {
+    /// Update the lag metrics; returns the apply lag in seconds.
+    fn observe_lag(&self, group: &[Transaction], last: &Transaction) -> f64 {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
         let seconds = |us: i64| ((now - us) as f64 / 1e6).max(0.0);
         self.metrics.lag.get_or_create(&self.labels()).set(seconds(last.commit_time_us));
@@ -295,6 +303,7 @@ impl ApplyRole {
         if let Some(beat) = beat {
             self.metrics.e2e_lag.get_or_create(&self.labels()).set(seconds(beat));
         }
+        seconds(last.commit_time_us)
     }
 
     /// Write to the dead-letter topic; returns true when the policy is to pause.
@@ -319,6 +328,13 @@ impl ApplyRole {
                 self.metrics.paused.get_or_create(&self.labels()).set(1);
                 let reason =
                     format!("paused: {} (see {dlq_name}; restart ferry to retry)", parked.0["reason"]);
+                ctx.reporter.set_details(serde_json::json!({
+                    "origin": self.origin,
+                    "paused": true,
+                    "reason": parked.0["reason"],
+                    "dead_letter_topic": dlq_name,
+                    "parked_offsets": [parked.0["first_offset"], parked.0["last_offset"]],
+                }));
                 ctx.reporter.set(RoleState::NotReady { reason });
                 Ok(true)
             }
