@@ -243,6 +243,12 @@ async fn two_regions_written_concurrently_converge_without_loops() {
         );
         let applied = metrics.lines().find(|l| l.starts_with("ferry_apply_transactions_total")).unwrap_or("");
         assert!(!applied.is_empty(), "{region} applied something: {metrics}");
+        let other = if region == "east" { "west" } else { "east" };
+        let per_table = format!("ferry_apply_rows_total{{origin=\"{other}\",table=\"psi.stock\"}} 100000");
+        assert!(
+            metrics.contains(&per_table),
+            "{region} counts applied rows per origin and table: {per_table}"
+        );
     }
 }
 

@@ -15,6 +15,13 @@ pub struct OriginLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OriginTableLabels {
+    pub origin: String,
+    /// `db.table`
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OriginKindLabels {
     pub origin: String,
     pub kind: &'static str,
@@ -23,7 +30,7 @@ pub struct OriginKindLabels {
 #[derive(Debug, Clone, Default)]
 pub struct ApplyMetrics {
     pub transactions: Family<OriginLabels, Counter>,
-    pub rows: Family<OriginLabels, Counter>,
+    pub rows: Family<OriginTableLabels, Counter>,
     pub duplicates: Family<OriginLabels, Counter>,
     pub dlq: Family<OriginKindLabels, Counter>,
     pub errors: Family<OriginKindLabels, Counter>,

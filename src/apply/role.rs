@@ -6,12 +6,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels};
+use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels, OriginTableLabels};
 use super::reassemble::{Assembled, Reassembler, Transaction};
 use super::target::{ApplyError, Target};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
@@ -130,7 +130,15 @@ impl ApplyRole {
             };
             let Some(message) = message else {
                 if self
-                    .apply_group(&mut target, &std::mem::take(&mut group), &topic, &dlq, &dlq_name, ctx)
+                    .apply_group(
+                        &mut target,
+                        &consumer,
+                        &std::mem::take(&mut group),
+                        &topic,
+                        &dlq,
+                        &dlq_name,
+                        ctx,
+                    )
                     .await?
                 {
                     return Ok(true);
@@ -144,7 +152,15 @@ impl ApplyRole {
                 Ok(e) => e,
                 Err(e) => {
                     if self
-                        .apply_group(&mut target, &std::mem::take(&mut group), &topic, &dlq, &dlq_name, ctx)
+                        .apply_group(
+                            &mut target,
+                            &consumer,
+                            &std::mem::take(&mut group),
+                            &topic,
+                            &dlq,
+                            &dlq_name,
+                            ctx,
+                        )
                         .await?
                     {
                         return Ok(true);
@@ -168,6 +184,7 @@ impl ApplyRole {
                             && self
                                 .apply_group(
                                     &mut target,
+                                    &consumer,
                                     &std::mem::take(&mut group),
                                     &topic,
                                     &dlq,
@@ -183,6 +200,7 @@ impl ApplyRole {
                         if self
                             .apply_group(
                                 &mut target,
+                                &consumer,
                                 &std::mem::take(&mut group),
                                 &topic,
                                 &dlq,
@@ -206,9 +224,11 @@ impl ApplyRole {
     /// Apply a group (consecutive origin transactions, committed together). When the group
     /// fails for a reason retrying cannot fix, its transactions are applied one by one so that
     /// exactly the failing one is dead-lettered. Returns true when applying is now paused.
+    #[allow(clippy::too_many_arguments)] // the pieces of one session, all distinct
     async fn apply_group(
         &self,
         target: &mut Target,
+        consumer: &StreamConsumer,
         group: &[Transaction],
         topic: &str,
         dlq: &FutureProducer,
@@ -218,7 +238,7 @@ impl ApplyRole {
         if group.is_empty() {
             return Ok(false);
         }
-        match self.apply_retrying(target, group, topic, ctx).await? {
+        match self.apply_retrying(target, consumer, group, topic, ctx).await? {
             Ok(()) => return Ok(false),
             Err(reason) if group.len() == 1 => {
                 let parked = DeadLetter::transaction(topic, &group[0], &reason);
@@ -227,7 +247,8 @@ impl ApplyRole {
             Err(_) => {}
         }
         for txn in group {
-            if let Err(reason) = self.apply_retrying(target, std::slice::from_ref(txn), topic, ctx).await?
+            if let Err(reason) =
+                self.apply_retrying(target, consumer, std::slice::from_ref(txn), topic, ctx).await?
                 && self
                     .park(dlq, dlq_name, DeadLetter::transaction(topic, txn, &reason), "apply", ctx)
                     .await?
@@ -243,6 +264,7 @@ impl ApplyRole {
     async fn apply_retrying(
         &self,
         target: &mut Target,
+        consumer: &StreamConsumer,
         group: &[Transaction],
         topic: &str,
         ctx: &RoleContext,
@@ -252,9 +274,27 @@ impl ApplyRole {
             match target.apply(group, topic, PARTITION).await {
                 Ok(outcome) => {
                     self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
-                    self.metrics.rows.get_or_create(&self.labels()).inc_by(outcome.rows as u64);
+                    if outcome.applied > 0 {
+                        let mut per_table: std::collections::BTreeMap<String, u64> =
+                            std::collections::BTreeMap::new();
+                        for change in group.iter().flat_map(|t| &t.rows) {
+                            *per_table.entry(change.qualified_table()).or_default() += 1;
+                        }
+                        for (table, n) in per_table {
+                            let labels = OriginTableLabels { origin: self.origin.clone(), table };
+                            self.metrics.rows.get_or_create(&labels).inc_by(n);
+                        }
+                    }
                     self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
                     if let Some(last) = group.last() {
+                        // Only for lag monitoring: ferry.applied is where apply resumes from.
+                        let mut done = TopicPartitionList::new();
+                        if done
+                            .add_partition_offset(topic, PARTITION, Offset::Offset(last.last_offset + 1))
+                            .is_ok()
+                        {
+                            let _ = consumer.commit(&done, CommitMode::Async);
+                        }
                         let lag = self.observe_lag(group, last);
                         ctx.reporter.set_details(serde_json::json!({
                             "origin": self.origin,

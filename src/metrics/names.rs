@@ -94,7 +94,8 @@ pub const HEARTBEAT_WRITES: MetricName =
 
 pub const APPLY_TRANSACTIONS: MetricName =
     m("ferry_apply_transactions", Counter, "Origin transactions applied (label: origin)");
-pub const APPLY_ROWS: MetricName = m("ferry_apply_rows", Counter, "Row changes applied (label: origin)");
+pub const APPLY_ROWS: MetricName =
+    m("ferry_apply_rows", Counter, "Row changes applied (labels: origin, table)");
 pub const APPLY_DUPLICATES: MetricName = m(
     "ferry_apply_duplicates",
     Counter,
