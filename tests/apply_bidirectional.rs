@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas, pick_port};
 use mysql_async::prelude::Queryable;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{FERRY, region_yaml};
 const TABLES: &[&str] = &["products", "warehouses", "stock", "customers", "orders", "order_items"];
 
 fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
@@ -27,16 +28,8 @@ fn write_config(
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
     let mut text = format!("region: {region}\nregions:\n");
     for (i, (name, db)) in regions.iter().enumerate() {
-        text.push_str(&format!(
-            "  {name}:\n    priority: {p}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {p}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-             kafka: {{ bootstrap: [\"{}\"] }}\n",
-            db.addr().ip(),
-            db.addr().port(),
-            db.options().server_id,
-            broker.bootstrap(),
-            p = i + 1
-        ));
+        let p = i as u32 + 1;
+        text.push_str(&region_yaml(name, db, p, p, &broker.bootstrap()));
     }
     let reader = 1000 * (regions.iter().position(|(n, _)| *n == region).unwrap_or(0) + 1) + 1;
     text.push_str(&format!(

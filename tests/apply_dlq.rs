@@ -14,7 +14,8 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{FERRY, region_yaml};
 
 fn insert(seq: u64, id: i64) -> Vec<u8> {
     insert_row(seq, id, true)
@@ -90,15 +91,11 @@ async fn setup(
     c.query_drop("CREATE TABLE t.x (id INT PRIMARY KEY, note VARCHAR(40))").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
+    // Both regions' databases are `west` here: apply only needs the origin's topic.
     let region = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
-        format!(
-            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-             kafka: {{ bootstrap: [\"{}\"] }}\n",
-            db.addr().ip(),
-            db.addr().port(),
-            db.options().server_id + priority,
-            broker.bootstrap()
+        region_yaml(name, db, domain, priority, &broker.bootstrap()).replace(
+            &format!("server_id: {}", db.options().server_id),
+            &format!("server_id: {}", db.options().server_id + priority),
         )
     };
     let config = dir.path().join("west.yaml");

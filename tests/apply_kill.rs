@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -12,21 +11,14 @@ use std::time::{Duration, Instant};
 use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, pick_port};
 use mysql_async::prelude::Queryable;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{Lcg, region_yaml, spawn_ferry};
 const KILLS: usize = 10;
 
 fn config(dir: &Path, region: &str, east: &MariaDb, west: &MariaDb, broker: &Broker, role: &str) -> PathBuf {
     let http = pick_port([127, 0, 0, 1].into(), None).unwrap();
     let r = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
-        format!(
-            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-             kafka: {{ bootstrap: [\"{}\"] }}\n",
-            db.addr().ip(),
-            db.addr().port(),
-            db.options().server_id,
-            broker.bootstrap()
-        )
+        region_yaml(name, db, domain, priority, &broker.bootstrap())
     };
     let path = dir.join(format!("{region}.yaml"));
     std::fs::write(
@@ -39,17 +31,6 @@ fn config(dir: &Path, region: &str, east: &MariaDb, west: &MariaDb, broker: &Bro
     )
     .unwrap();
     path
-}
-
-fn spawn(config: &Path, log: &Path) -> std::process::Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(FERRY)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap()
 }
 
 /// How often each domain-1 GTID was written to `db`'s binlog.
@@ -74,14 +55,6 @@ async fn gtid_counts(db: &MariaDb) -> BTreeMap<String, usize> {
 
 async fn rows(db: &MariaDb) -> Vec<(i64, String)> {
     db.conn().await.unwrap().query("SELECT id, note FROM t.load ORDER BY id").await.unwrap()
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
 }
 
 #[tokio::test]
@@ -118,7 +91,7 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
     );
     let west_cfg = config(dir.path(), "west", &east, &west, &broker, "apply: { on_error: pause }");
     let (east_log, west_log) = (dir.path().join("east.log"), dir.path().join("west.log"));
-    let mut capture = spawn(&east_cfg, &east_log);
+    let mut capture = spawn_ferry(&east_cfg, &east_log);
     // Let capture store its first checkpoint before writing.
     tokio::time::sleep(Duration::from_secs(2)).await;
 
@@ -149,7 +122,7 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
     println!("apply kill schedule seed: {seed}");
     let mut rng = Lcg(seed);
     for _ in 0..KILLS {
-        let mut applier = spawn(&west_cfg, &west_log);
+        let mut applier = spawn_ferry(&west_cfg, &west_log);
         tokio::time::sleep(Duration::from_millis(400 + rng.next(1200))).await;
         applier.kill().unwrap();
         applier.wait().unwrap();
@@ -159,7 +132,7 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
 
     // Rewind once: as if the stored offsets were lost, read the whole topic again.
     w.query_drop("UPDATE ferry.applied SET kafka_offset = -1").await.unwrap();
-    let mut applier = spawn(&west_cfg, &west_log);
+    let mut applier = spawn_ferry(&west_cfg, &west_log);
     let deadline = Instant::now() + Duration::from_secs(120);
     let expected = rows(&east).await;
     while rows(&west).await != expected {

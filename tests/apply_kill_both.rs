@@ -3,7 +3,6 @@
 //! and every row was applied exactly once in the other region.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -11,23 +10,16 @@ use std::time::{Duration, Instant};
 use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, pick_port};
 use mysql_async::prelude::Queryable;
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{Lcg, region_yaml, spawn_ferry};
 const KILLS: usize = 12;
 
 fn config(dir: &Path, region: &str, dbs: &[(&str, &MariaDb)], broker: &Broker) -> PathBuf {
     let http = pick_port([127, 0, 0, 1].into(), None).unwrap();
     let mut text = format!("region: {region}\nregions:\n");
     for (i, (name, db)) in dbs.iter().enumerate() {
-        text.push_str(&format!(
-            "  {name}:\n    priority: {p}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {p}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-             kafka: {{ bootstrap: [\"{}\"] }}\n",
-            db.addr().ip(),
-            db.addr().port(),
-            db.options().server_id,
-            broker.bootstrap(),
-            p = i + 1
-        ));
+        let p = i as u32 + 1;
+        text.push_str(&region_yaml(name, db, p, p, &broker.bootstrap()));
     }
     let reader = if region == "east" { 1001 } else { 2001 };
     text.push_str(&format!(
@@ -39,27 +31,8 @@ fn config(dir: &Path, region: &str, dbs: &[(&str, &MariaDb)], broker: &Broker) -
     path
 }
 
-fn spawn(config: &Path, log: &Path) -> std::process::Child {
-    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
-    Command::new(FERRY)
-        .args(["run", "--config"])
-        .arg(config)
-        .stdout(Stdio::null())
-        .stderr(out)
-        .spawn()
-        .unwrap()
-}
-
 async fn rows(db: &MariaDb) -> Vec<(i64, String)> {
     db.conn().await.unwrap().query("SELECT id, origin FROM t.load ORDER BY id").await.unwrap()
-}
-
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
 }
 
 #[tokio::test]
@@ -87,7 +60,7 @@ async fn killing_either_region_under_a_two_way_load_loses_and_repeats_nothing() 
     let dbs = [("east", &east), ("west", &west)];
     let cfg = [config(dir.path(), "east", &dbs, &broker), config(dir.path(), "west", &dbs, &broker)];
     let logs = [dir.path().join("east.log"), dir.path().join("west.log")];
-    let mut running = [Some(spawn(&cfg[0], &logs[0])), Some(spawn(&cfg[1], &logs[1]))];
+    let mut running = [Some(spawn_ferry(&cfg[0], &logs[0])), Some(spawn_ferry(&cfg[1], &logs[1]))];
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -120,7 +93,7 @@ async fn killing_either_region_under_a_two_way_load_loses_and_repeats_nothing() 
             child.wait().unwrap();
         }
         tokio::time::sleep(Duration::from_millis(rng.next(500))).await;
-        running[victim] = Some(spawn(&cfg[victim], &logs[victim]));
+        running[victim] = Some(spawn_ferry(&cfg[victim], &logs[victim]));
     }
     stop.store(true, Ordering::Relaxed);
     let mut written = 0;

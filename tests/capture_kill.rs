@@ -16,17 +16,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+mod common;
+use common::{FERRY, Lcg};
 const KILLS: usize = 12;
-
-/// A small deterministic generator (the seed is printed so a failure can be replayed).
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self, below: u64) -> u64 {
-        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-        (self.0 >> 33) % below
-    }
-}
 
 fn config(dir: &std::path::Path, db: &MariaDb, broker: &Broker) -> std::path::PathBuf {
     let http = pick_port([127, 0, 0, 1].into(), None).unwrap();

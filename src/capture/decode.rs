@@ -226,20 +226,7 @@ pub fn decode_rows(
                 pair.map_err(|e| DecodeError::Rows { table: shape.qualified(), reason: e.to_string() })?;
             let before = before.map(|r| decode_row(r, shape)).transpose()?;
             let after = after.map(|r| decode_row(r, shape)).transpose()?;
-            let image = match op {
-                Op::Delete => before.as_ref(),
-                _ => after.as_ref(),
-            };
-            let key = image.map(|img| key_of(img, shape)).unwrap_or_default();
-            out.push(RowChange {
-                db: shape.db.clone(),
-                table: shape.table.clone(),
-                op,
-                key,
-                before,
-                after,
-                generated: Vec::new(),
-            });
+            out.push(row_change(shape, op, before, after));
         }
         Ok(out)
     })?
@@ -271,20 +258,7 @@ fn parse_rows<'a>(
     while !buf.is_empty() {
         let before = before_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
         let after = after_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
-        let image = match op {
-            Op::Delete => before.as_ref(),
-            _ => after.as_ref(),
-        };
-        let key = image.map(|img| key_of(img, shape)).unwrap_or_default();
-        out.push(RowChange {
-            db: shape.db.clone(),
-            table: shape.table.clone(),
-            op,
-            key,
-            before,
-            after,
-            generated: Vec::new(),
-        });
+        out.push(row_change(shape, op, before, after));
     }
     Ok(out)
 }
@@ -317,6 +291,24 @@ fn parse_image<'a>(
         values.push((col.name.clone(), value));
     }
     Ok(Row(values))
+}
+
+/// A row change with its primary key taken from the after image (the before image for deletes).
+fn row_change(shape: &TableShape, op: Op, before: Option<Row>, after: Option<Row>) -> RowChange {
+    let image = match op {
+        Op::Delete => before.as_ref(),
+        _ => after.as_ref(),
+    };
+    let key = image.map(|img| key_of(img, shape)).unwrap_or_default();
+    RowChange {
+        db: shape.db.clone(),
+        table: shape.table.clone(),
+        op,
+        key,
+        before,
+        after,
+        generated: Vec::new(),
+    }
 }
 
 fn key_of(image: &Row, shape: &TableShape) -> Row {

@@ -1,0 +1,43 @@
+//! Helpers shared by the integration tests that run `ferry run` against a test topology.
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use ferry::sandbox::MariaDb;
+
+pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+/// The `regions.<name>` section for a region whose primary is `db`, on `bootstrap`.
+pub fn region_yaml(name: &str, db: &MariaDb, domain: u32, priority: u32, bootstrap: &str) -> String {
+    format!(
+        "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
+         gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
+         kafka: {{ bootstrap: [\"{bootstrap}\"] }}\n",
+        db.addr().ip(),
+        db.addr().port(),
+        db.options().server_id,
+    )
+}
+
+/// `ferry run --config CONFIG` with its log appended to `log`.
+pub fn spawn_ferry(config: &Path, log: &Path) -> Child {
+    let out = std::fs::OpenOptions::new().create(true).append(true).open(log).unwrap();
+    Command::new(FERRY)
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(out)
+        .spawn()
+        .unwrap()
+}
+
+/// A small deterministic generator for kill schedules (print the seed to replay one).
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    pub fn next(&mut self, below: u64) -> u64 {
+        self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (self.0 >> 33) % below
+    }
+}
