@@ -110,6 +110,12 @@ impl ApplyRole {
 
         let mut reassembler = Reassembler::default();
         let mut group: Vec<Transaction> = Vec::new();
+        let groups = target.groups();
+        // Apply the open group (emptying it); true when applying is now paused.
+        let mut flush = async |group: &mut Vec<Transaction>| {
+            let group = std::mem::take(group);
+            self.apply_group(&mut target, &consumer, &group, &topic, &dlq, &dlq_name, ctx).await
+        };
         loop {
             // With a group open, wait only briefly: when nothing more is queued, apply it.
             let message = if group.is_empty() {
@@ -129,18 +135,7 @@ impl ApplyRole {
                 }
             };
             let Some(message) = message else {
-                if self
-                    .apply_group(
-                        &mut target,
-                        &consumer,
-                        &std::mem::take(&mut group),
-                        &topic,
-                        &dlq,
-                        &dlq_name,
-                        ctx,
-                    )
-                    .await?
-                {
+                if flush(&mut group).await? {
                     return Ok(true);
                 }
                 continue;
@@ -151,18 +146,7 @@ impl ApplyRole {
             let envelope = match Envelope::parse(&payload) {
                 Ok(e) => e,
                 Err(e) => {
-                    if self
-                        .apply_group(
-                            &mut target,
-                            &consumer,
-                            &std::mem::take(&mut group),
-                            &topic,
-                            &dlq,
-                            &dlq_name,
-                            ctx,
-                        )
-                        .await?
-                    {
+                    if flush(&mut group).await? {
                         return Ok(true);
                     }
                     let parked = DeadLetter::record(&topic, offset, &e.to_string(), &payload);
@@ -177,38 +161,13 @@ impl ApplyRole {
                     Assembled::Complete(txn) => {
                         group.push(txn);
                         let rows: usize = group.iter().map(|t| t.rows.len()).sum();
-                        let full = !target.groups()
-                            || group.len() >= MAX_GROUP_TRANSACTIONS
-                            || rows >= MAX_GROUP_ROWS;
-                        if full
-                            && self
-                                .apply_group(
-                                    &mut target,
-                                    &consumer,
-                                    &std::mem::take(&mut group),
-                                    &topic,
-                                    &dlq,
-                                    &dlq_name,
-                                    ctx,
-                                )
-                                .await?
-                        {
+                        let full = !groups || group.len() >= MAX_GROUP_TRANSACTIONS || rows >= MAX_GROUP_ROWS;
+                        if full && flush(&mut group).await? {
                             return Ok(true);
                         }
                     }
                     Assembled::Broken { reason, gtid, first_offset, last_offset } => {
-                        if self
-                            .apply_group(
-                                &mut target,
-                                &consumer,
-                                &std::mem::take(&mut group),
-                                &topic,
-                                &dlq,
-                                &dlq_name,
-                                ctx,
-                            )
-                            .await?
-                        {
+                        if flush(&mut group).await? {
                             return Ok(true);
                         }
                         let parked = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
