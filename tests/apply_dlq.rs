@@ -183,6 +183,16 @@ async fn pause_mode_stops_at_the_bad_record_and_says_why() {
     assert_eq!(east["paused"], true, "{status}");
     assert!(east["reason"].as_str().unwrap_or_default().contains("not a valid envelope"), "{status}");
     assert_eq!(east["parked_offsets"], serde_json::json!([1, 1]), "{status}");
+    // One record applied (offset 0), the bad one parked (1), one waiting (2): backlog 2.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, metrics) = http_get(http, "/metrics").await.unwrap();
+        if metrics.contains("ferry_apply_backlog_records{origin=\"east\"} 2") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "backlog never showed 2 records: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     assert_eq!(dead_letters(&broker.bootstrap(), "ferry.west.dlq", 1).len(), 1);
     let _ = ferry.kill();
     let _ = ferry.wait();

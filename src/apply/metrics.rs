@@ -37,6 +37,7 @@ pub struct ApplyMetrics {
     pub lag: Family<OriginLabels, Gauge<f64, AtomicU64>>,
     pub e2e_lag: Family<OriginLabels, Gauge<f64, AtomicU64>>,
     pub paused: Family<OriginLabels, Gauge>,
+    pub backlog: Family<OriginLabels, Gauge>,
 }
 
 impl ApplyMetrics {
@@ -50,6 +51,7 @@ impl ApplyMetrics {
         metrics.register(names::APPLY_LAG, m.lag.clone());
         metrics.register(names::APPLY_E2E_LAG, m.e2e_lag.clone());
         metrics.register(names::APPLY_PAUSED, m.paused.clone());
+        metrics.register(names::APPLY_BACKLOG, m.backlog.clone());
         m
     }
 }

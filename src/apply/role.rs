@@ -4,7 +4,11 @@
 //! applied goes to `ferry.<this region>.dlq` with its reason; then applying from that origin
 //! pauses (default) or skips it (counted).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::metrics::gauge::Gauge;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
 use rdkafka::message::Message;
@@ -74,9 +78,9 @@ impl ApplyRole {
         OriginKindLabels { origin: self.origin.clone(), kind }
     }
 
-    /// Connect, seek, and apply until shutdown (Ok) or a failure to retry (Err, transient) or
-    /// a pause (Ok(paused = true)).
-    async fn session(&self, ctx: &RoleContext) -> Result<bool, ApplyError> {
+    /// Connect, seek, and apply until shutdown (`Ok(None)`), a pause (`Ok(Some(probe))`: the
+    /// backlog probe keeps measuring while paused) or a failure to retry (`Err`).
+    async fn session(&self, ctx: &RoleContext) -> Result<Option<BacklogProbe>, ApplyError> {
         let transient =
             |context: &str, e: &dyn std::fmt::Display| ApplyError::Transient(format!("{context}: {e}"));
         let mut target = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
@@ -86,11 +90,12 @@ impl ApplyRole {
             Some(done) => Offset::Offset(done.offset + 1),
             None => Offset::Beginning,
         };
-        let consumer: StreamConsumer = client_config(&self.origin_bootstrap)
+        let consumer: Arc<StreamConsumer> = client_config(&self.origin_bootstrap)
             .set("group.id", format!("ferry-apply-{}", self.region))
             .set("enable.auto.commit", "false")
             .set("auto.offset.reset", "earliest")
             .create()
+            .map(Arc::new)
             .map_err(|e| transient("kafka consumer", &e))?;
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, PARTITION, start).map_err(|e| transient("assignment", &e))?;
@@ -108,26 +113,40 @@ impl ApplyRole {
         ctx.reporter.set(RoleState::Ready);
         self.metrics.paused.get_or_create(&self.labels()).set(0);
 
+        let next_offset = Arc::new(AtomicI64::new(match start {
+            Offset::Offset(o) => o,
+            _ => 0,
+        }));
+        let backlog = BacklogProbe::start(
+            consumer.clone(),
+            topic.clone(),
+            next_offset.clone(),
+            self.metrics.backlog.get_or_create(&self.labels()).clone(),
+        );
         let mut reassembler = Reassembler::default();
         let mut group: Vec<Transaction> = Vec::new();
         let groups = target.groups();
         // Apply the open group (emptying it); true when applying is now paused.
         let mut flush = async |group: &mut Vec<Transaction>| {
             let group = std::mem::take(group);
-            self.apply_group(&mut target, &consumer, &group, &topic, &dlq, &dlq_name, ctx).await
+            let paused = self.apply_group(&mut target, &consumer, &group, &topic, &dlq, &dlq_name, ctx).await;
+            if let (Ok(false), Some(last)) = (&paused, group.last()) {
+                next_offset.store(last.last_offset + 1, Ordering::Relaxed);
+            }
+            paused
         };
         loop {
             // With a group open, wait only briefly: when nothing more is queued, apply it.
             let message = if group.is_empty() {
                 tokio::select! {
                     biased;
-                    _ = ctx.shutdown.cancelled() => return Ok(false),
+                    _ = ctx.shutdown.cancelled() => return Ok(None),
                     m = consumer.recv() => Some(m.map_err(|e| transient("consuming", &e))?),
                 }
             } else {
                 tokio::select! {
                     biased;
-                    _ = ctx.shutdown.cancelled() => return Ok(false),
+                    _ = ctx.shutdown.cancelled() => return Ok(None),
                     m = tokio::time::timeout(GROUP_WAIT, consumer.recv()) => match m {
                         Ok(m) => Some(m.map_err(|e| transient("consuming", &e))?),
                         Err(_) => None,
@@ -136,7 +155,7 @@ impl ApplyRole {
             };
             let Some(message) = message else {
                 if flush(&mut group).await? {
-                    return Ok(true);
+                    return Ok(Some(backlog));
                 }
                 continue;
             };
@@ -147,11 +166,11 @@ impl ApplyRole {
                 Ok(e) => e,
                 Err(e) => {
                     if flush(&mut group).await? {
-                        return Ok(true);
+                        return Ok(Some(backlog));
                     }
                     let parked = DeadLetter::record(&topic, offset, &e.to_string(), &payload);
                     if self.park(&dlq, &dlq_name, parked, "decode", ctx).await? {
-                        return Ok(true);
+                        return Ok(Some(backlog));
                     }
                     continue;
                 }
@@ -163,16 +182,16 @@ impl ApplyRole {
                         let rows: usize = group.iter().map(|t| t.rows.len()).sum();
                         let full = !groups || group.len() >= MAX_GROUP_TRANSACTIONS || rows >= MAX_GROUP_ROWS;
                         if full && flush(&mut group).await? {
-                            return Ok(true);
+                            return Ok(Some(backlog));
                         }
                     }
                     Assembled::Broken { reason, gtid, first_offset, last_offset } => {
                         if flush(&mut group).await? {
-                            return Ok(true);
+                            return Ok(Some(backlog));
                         }
                         let parked = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
                         if self.park(&dlq, &dlq_name, parked, "sequence", ctx).await? {
-                            return Ok(true);
+                            return Ok(Some(backlog));
                         }
                     }
                 }
@@ -341,6 +360,38 @@ impl ApplyRole {
     }
 }
 
+/// How often the backlog (high watermark − next offset to apply) is measured.
+const BACKLOG_EVERY: Duration = Duration::from_secs(1);
+
+/// Measures the backlog in the background; stops when dropped. Fetching watermarks is a
+/// blocking network round trip in rdkafka, so it runs off the async threads.
+struct BacklogProbe(tokio::task::JoinHandle<()>);
+
+impl BacklogProbe {
+    fn start(consumer: Arc<StreamConsumer>, topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
+        Self(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BACKLOG_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
+                let (c, t) = (consumer.clone(), topic.clone());
+                let fetched =
+                    tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, PARTITION, BACKLOG_EVERY))
+                        .await;
+                if let Ok(Ok((_, high))) = fetched {
+                    gauge.set((high - next.load(Ordering::Relaxed)).max(0));
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for BacklogProbe {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A dead-letter record: why, where from, and enough to find or replay the input.
 struct DeadLetter(serde_json::Value);
 
@@ -391,9 +442,9 @@ impl Role for ApplyRole {
                     r = self.session(&ctx) => r,
                 };
                 match result {
-                    Ok(false) => return Ok(()),
-                    Ok(true) => {
-                        // Paused: stay up (health shows why) until shutdown.
+                    Ok(None) => return Ok(()),
+                    Ok(Some(_backlog)) => {
+                        // Paused: stay up (health shows why, the backlog grows) until shutdown.
                         ctx.shutdown.cancelled().await;
                         return Ok(());
                     }

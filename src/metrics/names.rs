@@ -118,6 +118,11 @@ pub const APPLY_E2E_LAG: MetricName = m(
     Gauge,
     "Now minus the origin's ferry.heartbeat timestamp as last applied here (label: origin)",
 );
+pub const APPLY_BACKLOG: MetricName = m(
+    "ferry_apply_backlog_records",
+    Gauge,
+    "Records in the origin's topic not yet applied here: high watermark minus the next offset to apply (label: origin)",
+);
 pub const APPLY_PAUSED: MetricName = m(
     "ferry_apply_paused",
     Gauge,
@@ -154,6 +159,7 @@ pub const ALL: &[MetricName] = &[
     APPLY_LAG,
     APPLY_E2E_LAG,
     APPLY_PAUSED,
+    APPLY_BACKLOG,
 ];
 
 #[cfg(test)]
