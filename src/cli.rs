@@ -134,57 +134,7 @@ pub fn main() -> i32 {
         Command::Validate { config } => validate(&config),
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
-        Command::Bench { command: BenchCommand::E2e { rows_per_second, seconds } } => {
-            logging::init(LogFormat::Text, "warn");
-            block_on(async move {
-                let result = match std::env::current_exe() {
-                    Ok(bin) => {
-                        crate::bench::e2e::run(crate::bench::e2e::Options { rows_per_second, seconds }, &bin)
-                            .await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                match result {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("bench e2e: {e:#}");
-                        1
-                    }
-                }
-            })
-        }
-        Command::Bench { command: BenchCommand::Apply { transactions } } => {
-            logging::init(LogFormat::Text, "warn");
-            block_on(async move {
-                let result = match std::env::current_exe() {
-                    Ok(bin) => {
-                        crate::bench::apply::run(crate::bench::apply::Options { transactions }, &bin).await
-                    }
-                    Err(e) => Err(e.into()),
-                };
-                match result {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("bench apply: {e:#}");
-                        1
-                    }
-                }
-            })
-        }
-        Command::Bench { command: BenchCommand::Capture { rows, no_kafka } } => {
-            logging::init(LogFormat::Text, "warn");
-            block_on(async move {
-                match crate::bench::capture::run(crate::bench::capture::Options { rows, kafka: !no_kafka })
-                    .await
-                {
-                    Ok(()) => 0,
-                    Err(e) => {
-                        eprintln!("bench capture: {e:#}");
-                        1
-                    }
-                }
-            })
-        }
+        Command::Bench { command } => bench(command),
         Command::Sandbox { command } => {
             logging::init(LogFormat::Text, "warn,ferry=info");
             block_on(sandbox_command(command))
@@ -244,6 +194,35 @@ fn tail(path: &Path, from: Option<String>, tables: Vec<String>, all_origins: boo
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("ferry tail: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// `ferry bench ...`: errors print with the benchmark's name and exit 1.
+fn bench(command: BenchCommand) -> i32 {
+    logging::init(LogFormat::Text, "warn");
+    block_on(async move {
+        let exe = std::env::current_exe();
+        let (name, result) = match (command, exe) {
+            (BenchCommand::Capture { rows, no_kafka }, _) => (
+                "capture",
+                crate::bench::capture::run(crate::bench::capture::Options { rows, kafka: !no_kafka }).await,
+            ),
+            (BenchCommand::Apply { transactions }, Ok(bin)) => {
+                ("apply", crate::bench::apply::run(crate::bench::apply::Options { transactions }, &bin).await)
+            }
+            (BenchCommand::E2e { rows_per_second, seconds }, Ok(bin)) => {
+                let options = crate::bench::e2e::Options { rows_per_second, seconds };
+                ("e2e", crate::bench::e2e::run(options, &bin).await)
+            }
+            (_, Err(e)) => ("", Err(anyhow::anyhow!("cannot find the ferry binary: {e}"))),
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("bench {name}: {e:#}");
                 1
             }
         }
