@@ -14,7 +14,9 @@ use crate::model::RowChange;
 pub struct GeneratedColumns {
     opts: Opts,
     conn: Option<Conn>,
-    cache: HashMap<(String, String), Arc<[String]>>,
+    /// db → table → generated columns; looked up by `&str`, so a hit allocates nothing (it
+    /// runs for every row captured).
+    cache: HashMap<String, HashMap<String, Arc<[String]>>>,
 }
 
 impl GeneratedColumns {
@@ -40,7 +42,7 @@ impl GeneratedColumns {
     }
 
     async fn of(&mut self, db: &str, table: &str) -> Result<Arc<[String]>, CaptureError> {
-        if let Some(found) = self.cache.get(&(db.to_string(), table.to_string())) {
+        if let Some(found) = self.cache.get(db).and_then(|tables| tables.get(table)) {
             return Ok(found.clone());
         }
         let err = |e: mysql_async::Error| {
@@ -63,7 +65,7 @@ impl GeneratedColumns {
                 err(e)
             })?;
         let columns: Arc<[String]> = columns.into();
-        self.cache.insert((db.to_string(), table.to_string()), columns.clone());
+        self.cache.entry(db.to_string()).or_default().insert(table.to_string(), columns.clone());
         Ok(columns)
     }
 }
