@@ -8,6 +8,9 @@ use std::time::Duration;
 use ferry::capture::source::BinlogSource;
 use ferry::capture::txn::{Assembler, OriginFilter, Outcome, Step};
 use ferry::config::Flavor;
+
+mod common;
+use common::single_region_config;
 use ferry::model::{Position, Row, RowChange, Value, base64};
 use ferry::sandbox::{MariaDb, MariaDbOptions};
 use mysql_async::prelude::Queryable;
@@ -416,18 +419,11 @@ async fn ferry_run_refuses_a_checkpoint_whose_binlogs_were_purged() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: east\nregions:\n  east:\n    priority: 1\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: 1\n      primary: {{ host: \"{}\", port: {}, server_id: 101 }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
-             http: {{ listen: \"127.0.0.1:0\" }}\ncapture: {{ server_id: 1001 }}\n",
-            db.addr().ip(),
-            db.addr().port()
-        ),
-    )
-    .unwrap();
+    let config = single_region_config(
+        dir.path(),
+        &db,
+        "http: { listen: \"127.0.0.1:0\" }\ncapture: { server_id: 1001 }\n",
+    );
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["run", "--config"])
         .arg(&config)
@@ -441,8 +437,7 @@ async fn ferry_run_refuses_a_checkpoint_whose_binlogs_were_purged() {
     let mut log = String::new();
     tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut log).await.unwrap();
     let status = status.unwrap_or_else(|_| panic!("ferry run did not exit by itself; log:\n{log}")).unwrap();
-    let out = std::process::Output { status, stdout: Vec::new(), stderr: log.clone().into_bytes() };
-    assert_eq!(out.status.code(), Some(1), "refusal exits non-zero; log:\n{log}");
+    assert_eq!(status.code(), Some(1), "refusal exits non-zero; log:\n{log}");
     let first_missing = early.get(1).map(|g| g.seq + 1).unwrap_or(1);
     assert!(log.contains(&format!("1-*-{first_missing}..")), "names the missing range; log:\n{log}");
     assert!(log.contains("purged") && log.contains("re-sync"), "{log}");
@@ -452,19 +447,11 @@ async fn ferry_run_refuses_a_checkpoint_whose_binlogs_were_purged() {
 async fn sigterm_stops_capture_promptly_while_the_broker_is_unreachable() {
     let db = MariaDb::start_temp(MariaDbOptions::test("no-broker", 101, 1)).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    // Port 9 (discard) on loopback: nothing answers the Kafka protocol there.
-    std::fs::write(
-        &config,
-        format!(
-            "region: east\nregions:\n  east:\n    priority: 1\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: 1\n      primary: {{ host: \"{}\", port: {}, server_id: 101 }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
-             http: {{ listen: \"127.0.0.1:0\" }}\ncapture: {{ server_id: 1001 }}\n",
-            db.addr().ip(),
-            db.addr().port()
-        ),
-    )
-    .unwrap();
+    let config = single_region_config(
+        dir.path(),
+        &db,
+        "http: { listen: \"127.0.0.1:0\" }\ncapture: { server_id: 1001 }\n",
+    );
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
         .args(["run", "--config"])
         .arg(&config)

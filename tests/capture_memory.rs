@@ -8,6 +8,9 @@ use std::time::{Duration, Instant};
 use ferry::sandbox::{MariaDb, MariaDbOptions};
 use mysql_async::prelude::Queryable;
 
+mod common;
+use common::single_region_config;
+
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 const ROWS: usize = 1_000_000;
 /// Peak RSS allowed for tail while 1M rows (hundreds of MB of JSON) pass through it.
@@ -34,17 +37,7 @@ async fn a_million_row_transaction_streams_with_bounded_memory() {
     .unwrap();
 
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("ferry.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: east\nregions:\n  east:\n    priority: 1\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: 1\n      primary: {{ host: \"{}\", port: {}, server_id: 101 }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n",
-            db.addr().ip(),
-            db.addr().port()
-        ),
-    )
-    .unwrap();
+    let config = single_region_config(dir.path(), &db, "");
     let mut tail = Command::new(FERRY)
         .args(["tail", "--config"])
         .arg(&config)

@@ -41,3 +41,12 @@ impl Lcg {
         (self.0 >> 33) % below
     }
 }
+
+/// A one-region (`east`) config at `dir/ferry.yaml` for `db`, with `extra` top-level YAML
+/// appended. Its broker address answers nothing: for tests that never reach Kafka.
+pub fn single_region_config(dir: &Path, db: &MariaDb, extra: &str) -> std::path::PathBuf {
+    let path = dir.join("ferry.yaml");
+    let text = format!("region: east\nregions:\n{}{extra}", region_yaml("east", db, 1, 1, "127.0.0.1:9"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
