@@ -2,6 +2,7 @@
 //! as one local transaction under its origin identity, recording progress in `ferry.applied`.
 
 pub mod metrics;
+pub mod parallel;
 pub mod reassemble;
 pub mod role;
 pub mod sql;

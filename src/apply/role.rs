@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::gauge::Gauge;
 
 use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
@@ -16,8 +17,9 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
 use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels, OriginTableLabels};
+use super::parallel::{KeyTracker, Sequencer, row_keys};
 use super::reassemble::{Assembled, Reassembler, Transaction};
-use super::target::{ApplyError, Target};
+use super::target::{ApplyError, GroupOutcome, Statements, Target};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
 use crate::model::Value;
@@ -28,8 +30,8 @@ use crate::transport::{changes_topic, dlq_topic};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
-/// While catching up, consecutive transactions are committed together, up to these limits.
-const MAX_GROUP_TRANSACTIONS: usize = 200;
+/// While catching up, consecutive transactions are committed together, up to this many rows
+/// (and `apply.max_group_transactions` transactions).
 const MAX_GROUP_ROWS: usize = 5000;
 /// How long an open group waits for the next record before it is applied.
 const GROUP_WAIT: Duration = Duration::from_millis(2);
@@ -46,6 +48,10 @@ pub struct ApplyRole {
     /// This region's brokers (the dead-letter topic lives here).
     local_bootstrap: Vec<String>,
     on_error: OnError,
+    /// Connections applying this origin's groups (see `parallel`).
+    workers: usize,
+    /// Most origin transactions committed together.
+    max_group: usize,
     metrics: ApplyMetrics,
 }
 
@@ -65,6 +71,8 @@ impl ApplyRole {
                 origin_bootstrap: remote.kafka.bootstrap.clone(),
                 local_bootstrap: local.kafka.bootstrap.clone(),
                 on_error: apply.on_error,
+                workers: apply.workers.max(1),
+                max_group: apply.max_group_transactions.max(1),
                 metrics: metrics.clone(),
             })
             .collect()
@@ -82,7 +90,7 @@ impl ApplyRole {
     /// backlog probe keeps measuring while paused) or a failure to retry (`Err`).
     async fn session(&self, ctx: &RoleContext) -> Result<Option<BacklogProbe>, ApplyError> {
         let transient =
-            |context: &str, e: &dyn std::fmt::Display| ApplyError::Transient(format!("{context}: {e}"));
+            |context: &str, e: &dyn std::fmt::Display| ApplyError::Lost(format!("{context}: {e}"));
         let mut target = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
         target.ensure_schema().await?;
         let topic = changes_topic(&self.origin);
@@ -123,41 +131,89 @@ impl ApplyRole {
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
         );
+        let mut idle = vec![target];
+        for _ in 1..self.workers {
+            let mut more = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
+            more.ensure_schema().await?;
+            idle.push(more);
+        }
+        let groups = idle[0].groups();
+        let catalog = idle[0].key_catalog().await?;
+        let sequencer = Sequencer::default();
+        let mut tracker = KeyTracker::default();
+        let session = Session {
+            consumer: &consumer,
+            topic: &topic,
+            dlq: &dlq,
+            dlq_name: &dlq_name,
+            ctx,
+            sequencer: &sequencer,
+        };
+        let mut running = FuturesUnordered::new();
+        let mut dispatched = 0u64;
         let mut reassembler = Reassembler::default();
         let mut group: Vec<Transaction> = Vec::new();
-        let groups = target.groups();
-        // Apply the open group (emptying it); true when applying is now paused.
-        let mut flush = async |group: &mut Vec<Transaction>| {
+        // Hand the open group (emptying it) to an idle connection.
+        let dispatch = |group: &mut Vec<Transaction>,
+                        idle: &mut Vec<Target>,
+                        tracker: &mut KeyTracker,
+                        dispatched: &mut u64| {
             let group = std::mem::take(group);
-            let paused = self.apply_group(&mut target, &consumer, &group, &topic, &dlq, &dlq_name, ctx).await;
-            if let (Ok(false), Some(last)) = (&paused, group.last()) {
-                next_offset.store(last.last_offset + 1, Ordering::Relaxed);
-            }
-            paused
+            let target = idle.pop().expect("dispatch only with an idle connection");
+            *dispatched += 1;
+            let after = tracker.register(*dispatched, &row_keys(&group, &catalog));
+            sequencer.dispatched(*dispatched);
+            self.run_group(target, *dispatched, after, group, &session)
         };
+        // A record that cannot form a transaction: everything before it is applied first, and
+        // nothing after it until it is parked (and then only if the policy is to skip).
+        let mut parked: Option<(DeadLetter, &'static str)> = None;
+        let mut held: Vec<Transaction> = Vec::new();
         loop {
-            // With a group open, wait only briefly: when nothing more is queued, apply it.
-            let message = if group.is_empty() {
-                tokio::select! {
-                    biased;
-                    _ = ctx.shutdown.cancelled() => return Ok(None),
-                    m = consumer.recv() => Some(m.map_err(|e| transient("consuming", &e))?),
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = ctx.shutdown.cancelled() => return Ok(None),
-                    m = tokio::time::timeout(GROUP_WAIT, consumer.recv()) => match m {
-                        Ok(m) => Some(m.map_err(|e| transient("consuming", &e))?),
-                        Err(_) => None,
-                    },
-                }
+            let full = {
+                let rows: usize = group.iter().map(|t| t.rows.len()).sum();
+                !group.is_empty() && (!groups || group.len() >= self.max_group || rows >= MAX_GROUP_ROWS)
             };
-            let Some(message) = message else {
-                if flush(&mut group).await? {
+            if (full || (parked.is_some() && !group.is_empty())) && !idle.is_empty() {
+                running.push(dispatch(&mut group, &mut idle, &mut tracker, &mut dispatched));
+                continue;
+            }
+            if let Some((letter, kind)) = parked.take_if(|_| group.is_empty() && running.is_empty()) {
+                if self.park(&dlq, &dlq_name, letter, kind, ctx).await? {
                     return Ok(Some(backlog));
                 }
+                group = std::mem::take(&mut held);
                 continue;
+            }
+            let receive = !full && parked.is_none();
+            let event = tokio::select! {
+                biased;
+                _ = ctx.shutdown.cancelled() => return Ok(None),
+                Some((target, flow)) = running.next(), if !running.is_empty() => Event::Done(target, flow),
+                // With a group open, wait only briefly: when nothing more is queued, apply it.
+                m = consumer.recv(), if receive && group.is_empty() => Event::Message(m),
+                m = tokio::time::timeout(GROUP_WAIT, consumer.recv()), if receive && !group.is_empty() => match m {
+                    Ok(m) => Event::Message(m),
+                    Err(_) => Event::Quiet,
+                },
+            };
+            let message = match event {
+                Event::Done(target, flow) => {
+                    idle.push(target);
+                    match flow? {
+                        Flow::Paused => return Ok(Some(backlog)),
+                        Flow::Applied { next } => next_offset.fetch_max(next, Ordering::Relaxed),
+                    };
+                    tracker.forget_through(sequencer.committed());
+                    continue;
+                }
+                Event::Quiet => {
+                    if !idle.is_empty() {
+                        running.push(dispatch(&mut group, &mut idle, &mut tracker, &mut dispatched));
+                    }
+                    continue;
+                }
+                Event::Message(m) => m.map_err(|e| transient("consuming", &e))?,
             };
             let offset = message.offset();
             let payload = message.payload().unwrap_or_default().to_vec();
@@ -165,58 +221,97 @@ impl ApplyRole {
             let envelope = match Envelope::parse(&payload) {
                 Ok(e) => e,
                 Err(e) => {
-                    if flush(&mut group).await? {
-                        return Ok(Some(backlog));
-                    }
-                    let parked = DeadLetter::record(&topic, offset, &e.to_string(), &payload);
-                    if self.park(&dlq, &dlq_name, parked, "decode", ctx).await? {
-                        return Ok(Some(backlog));
-                    }
+                    parked = Some((DeadLetter::record(&topic, offset, &e.to_string(), &payload), "decode"));
                     continue;
                 }
             };
             for assembled in reassembler.feed(envelope, offset) {
                 match assembled {
-                    Assembled::Complete(txn) => {
-                        group.push(txn);
-                        let rows: usize = group.iter().map(|t| t.rows.len()).sum();
-                        let full = !groups || group.len() >= MAX_GROUP_TRANSACTIONS || rows >= MAX_GROUP_ROWS;
-                        if full && flush(&mut group).await? {
-                            return Ok(Some(backlog));
-                        }
-                    }
+                    Assembled::Complete(txn) if parked.is_some() => held.push(txn),
+                    Assembled::Complete(txn) => group.push(txn),
                     Assembled::Broken { reason, gtid, first_offset, last_offset } => {
-                        if flush(&mut group).await? {
-                            return Ok(Some(backlog));
-                        }
-                        let parked = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
-                        if self.park(&dlq, &dlq_name, parked, "sequence", ctx).await? {
-                            return Ok(Some(backlog));
-                        }
+                        // Transactions completed before it are still applied first; what
+                        // follows it waits (the reassembler has moved past it).
+                        let letter = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
+                        parked = Some((letter, "sequence"));
                     }
                 }
             }
         }
     }
 
-    /// Apply a group (consecutive origin transactions, committed together). When the group
-    /// fails for a reason retrying cannot fix, its transactions are applied one by one so that
-    /// exactly the failing one is dead-lettered. Returns true when applying is now paused.
-    #[allow(clippy::too_many_arguments)] // the pieces of one session, all distinct
+    /// Apply one group on its own connection: execute when the rows allow, commit when every
+    /// earlier group has committed (see `parallel`). On an error when first in line, the serial
+    /// path decides (retries, dead-lettering, pause).
+    async fn run_group(
+        &self,
+        mut target: Target,
+        seq: u64,
+        after: u64,
+        group: Vec<Transaction>,
+        session: &Session<'_>,
+    ) -> (Target, Result<Flow, ApplyError>) {
+        let sequencer = session.sequencer;
+        let next = group.last().map(|t| t.last_offset + 1).unwrap_or_default();
+        loop {
+            let aborts = sequencer.ready(seq, after).await;
+            match target.stage(&group, Statements::Batched).await {
+                Ok(staged) => {
+                    if !sequencer.my_turn(seq, aborts).await {
+                        // A group before this one needs a lock it holds: roll back, go again alone.
+                        target.abandon().await;
+                        self.metrics.errors.get_or_create(&self.kind("parallel_abort")).inc();
+                        continue;
+                    }
+                    match target.finish(staged, session.topic, PARTITION).await {
+                        Ok(outcome) => {
+                            self.applied(&outcome, &group, session);
+                            sequencer.commit(seq);
+                            return (target, Ok(Flow::Applied { next }));
+                        }
+                        Err(_) => break,
+                    }
+                }
+                Err(_) if sequencer.is_first(seq) => break,
+                Err(e @ ApplyError::Lost(_)) => return (target, Err(e)),
+                Err(_) => {
+                    // Perhaps only because it ran before its turn (a unique or foreign key
+                    // shared with an earlier group): try again alone, when first in line.
+                    sequencer.abort();
+                    self.metrics.errors.get_or_create(&self.kind("parallel_abort")).inc();
+                }
+            }
+        }
+        // First in line and failing: nothing later may hold a lock this group needs.
+        sequencer.abort();
+        let result = self
+            .apply_group(&mut target, &group, session)
+            .await
+            .map(|paused| if paused { Flow::Paused } else { Flow::Applied { next } });
+        if let Ok(Flow::Applied { .. }) = result {
+            sequencer.commit(seq);
+        }
+        (target, result)
+    }
+
+    /// Apply a group (consecutive origin transactions, committed together) alone. When the
+    /// batched group fails for a reason retrying cannot fix, it is applied change by change in
+    /// the origin's order; if that fails too, transaction by transaction, so that exactly the
+    /// failing one is dead-lettered. Returns true when applying is now paused.
     async fn apply_group(
         &self,
         target: &mut Target,
-        consumer: &StreamConsumer,
         group: &[Transaction],
-        topic: &str,
-        dlq: &FutureProducer,
-        dlq_name: &str,
-        ctx: &RoleContext,
+        session: &Session<'_>,
     ) -> Result<bool, ApplyError> {
+        let Session { topic, dlq, dlq_name, ctx, .. } = *session;
         if group.is_empty() {
             return Ok(false);
         }
-        match self.apply_retrying(target, consumer, group, topic, ctx).await? {
+        if self.apply_retrying(target, group, Statements::Batched, session).await?.is_ok() {
+            return Ok(false);
+        }
+        match self.apply_retrying(target, group, Statements::InOrder, session).await? {
             Ok(()) => return Ok(false),
             Err(reason) if group.len() == 1 => {
                 let parked = DeadLetter::transaction(topic, &group[0], &reason);
@@ -226,7 +321,7 @@ impl ApplyRole {
         }
         for txn in group {
             if let Err(reason) =
-                self.apply_retrying(target, consumer, std::slice::from_ref(txn), topic, ctx).await?
+                self.apply_retrying(target, std::slice::from_ref(txn), Statements::InOrder, session).await?
                 && self
                     .park(dlq, dlq_name, DeadLetter::transaction(topic, txn, &reason), "apply", ctx)
                     .await?
@@ -242,46 +337,15 @@ impl ApplyRole {
     async fn apply_retrying(
         &self,
         target: &mut Target,
-        consumer: &StreamConsumer,
         group: &[Transaction],
-        topic: &str,
-        ctx: &RoleContext,
+        how: Statements,
+        session: &Session<'_>,
     ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match target.apply(group, topic, PARTITION).await {
+            match target.apply(group, how, session.topic, PARTITION).await {
                 Ok(outcome) => {
-                    self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
-                    if outcome.applied > 0 {
-                        let mut per_table: std::collections::BTreeMap<String, u64> =
-                            std::collections::BTreeMap::new();
-                        for change in group.iter().flat_map(|t| &t.rows) {
-                            *per_table.entry(change.qualified_table()).or_default() += 1;
-                        }
-                        for (table, n) in per_table {
-                            let labels = OriginTableLabels { origin: self.origin.clone(), table };
-                            self.metrics.rows.get_or_create(&labels).inc_by(n);
-                        }
-                    }
-                    self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
-                    if let Some(last) = group.last() {
-                        // Only for lag monitoring: ferry.applied is where apply resumes from.
-                        let mut done = TopicPartitionList::new();
-                        if done
-                            .add_partition_offset(topic, PARTITION, Offset::Offset(last.last_offset + 1))
-                            .is_ok()
-                        {
-                            let _ = consumer.commit(&done, CommitMode::Async);
-                        }
-                        let lag = self.observe_lag(group, last);
-                        ctx.reporter.set_details(serde_json::json!({
-                            "origin": self.origin,
-                            "last_applied_gtid": last.origin.gtid.to_string(),
-                            "last_applied_offset": last.last_offset,
-                            "lag_seconds": lag,
-                            "paused": false,
-                        }));
-                    }
+                    self.applied(&outcome, group, session);
                     return Ok(Ok(()));
                 }
                 Err(ApplyError::Permanent(reason)) => {
@@ -292,18 +356,48 @@ impl ApplyRole {
                     self.metrics.errors.get_or_create(&self.kind("transient")).inc();
                     let gtid = group.last().map(|t| t.origin.gtid.to_string()).unwrap_or_default();
                     tracing::warn!(origin = %self.origin, %gtid, %reason, retry_in = ?backoff, "apply failed; retrying");
-                    if reason.contains("connecting") || reason.contains("driver") || reason.contains("io") {
-                        // The connection is gone: let the session reconnect and seek again.
-                        return Err(ApplyError::Transient(reason));
-                    }
                     tokio::select! {
-                        _ = ctx.shutdown.cancelled() => return Err(ApplyError::Transient("shutdown during retry".into())),
+                        _ = session.ctx.shutdown.cancelled() => return Err(ApplyError::Lost("shutdown during retry".into())),
                         _ = tokio::time::sleep(backoff) => {}
                     }
                     backoff = (backoff * 2).min(MAX_BACKOFF);
                 }
+                Err(lost @ ApplyError::Lost(_)) => {
+                    self.metrics.errors.get_or_create(&self.kind("connection")).inc();
+                    return Err(lost);
+                }
             }
         }
+    }
+
+    /// Count a committed group, report progress and lag.
+    fn applied(&self, outcome: &GroupOutcome, group: &[Transaction], session: &Session<'_>) {
+        self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
+        if outcome.applied > 0 {
+            let mut per_table: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
+            for change in group.iter().flat_map(|t| &t.rows) {
+                *per_table.entry(change.qualified_table()).or_default() += 1;
+            }
+            for (table, n) in per_table {
+                let labels = OriginTableLabels { origin: self.origin.clone(), table };
+                self.metrics.rows.get_or_create(&labels).inc_by(n);
+            }
+        }
+        self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
+        let Some(last) = group.last() else { return };
+        // Only for lag monitoring: ferry.applied is where apply resumes from.
+        let mut done = TopicPartitionList::new();
+        if done.add_partition_offset(session.topic, PARTITION, Offset::Offset(last.last_offset + 1)).is_ok() {
+            let _ = session.consumer.commit(&done, CommitMode::Async);
+        }
+        let lag = self.observe_lag(group, last);
+        session.ctx.reporter.set_details(serde_json::json!({
+            "origin": self.origin,
+            "last_applied_gtid": last.origin.gtid.to_string(),
+            "last_applied_offset": last.last_offset,
+            "lag_seconds": lag,
+            "paused": false,
+        }));
     }
 
     /// Update the lag metrics; returns the apply lag in seconds.
@@ -338,7 +432,7 @@ impl ApplyRole {
         let key = format!("{}:{}", self.origin, parked.0["first_offset"]);
         dlq.send(FutureRecord::to(dlq_name).key(&key).payload(&body), Duration::from_secs(30))
             .await
-            .map_err(|(e, _)| ApplyError::Transient(format!("writing the dead-letter topic: {e}")))?;
+            .map_err(|(e, _)| ApplyError::Lost(format!("writing the dead-letter topic: {e}")))?;
         tracing::error!(origin = %self.origin, reason = %parked.0["reason"], dlq = dlq_name, "parked in the dead-letter queue");
         match self.on_error {
             OnError::Skip => Ok(false),
@@ -358,6 +452,33 @@ impl ApplyRole {
             }
         }
     }
+}
+
+/// What one session's connections share.
+#[derive(Clone, Copy)]
+struct Session<'a> {
+    consumer: &'a StreamConsumer,
+    topic: &'a str,
+    dlq: &'a FutureProducer,
+    dlq_name: &'a str,
+    ctx: &'a RoleContext,
+    sequencer: &'a Sequencer,
+}
+
+/// How a group ended.
+enum Flow {
+    /// Committed (or dead-lettered and skipped); `next` is the offset after it.
+    Applied { next: i64 },
+    /// Dead-lettered, and the policy is to pause.
+    Paused,
+}
+
+/// What woke the session loop.
+enum Event<F> {
+    Done(Target, Result<Flow, ApplyError>),
+    Message(F),
+    /// Nothing arrived within the group wait.
+    Quiet,
 }
 
 /// How often the backlog (high watermark − next offset to apply) is measured.

@@ -8,8 +8,9 @@
 //! row does not fit the target table) go to the dead-letter queue.
 
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, TxOpts};
+use mysql_async::{Conn, Opts};
 
+use super::parallel::KeyCatalog;
 use super::reassemble::Transaction;
 use super::sql;
 use crate::config::Flavor;
@@ -17,8 +18,12 @@ use crate::model::Gtid;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
+    /// Worth retrying in place (deadlock, lock wait timeout, interrupted statement).
     #[error("transient: {0}")]
     Transient(String),
+    /// The connection (or the broker) is gone: the session reconnects and seeks again.
+    #[error("connection lost: {0}")]
+    Lost(String),
     #[error("{0}")]
     Permanent(String),
 }
@@ -32,7 +37,7 @@ impl ApplyError {
                 ApplyError::Transient(message)
             }
             mysql_async::Error::Server(_) => ApplyError::Permanent(message),
-            _ => ApplyError::Transient(message),
+            _ => ApplyError::Lost(message),
         }
     }
 }
@@ -45,6 +50,27 @@ pub struct GroupOutcome {
     pub rows: usize,
     /// Transactions `ferry.applied` already covered (replays), left out.
     pub duplicates: usize,
+}
+
+/// How a group's changes become statements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statements {
+    /// Each row's final state, batched per table (`sql::batch`): the fast way.
+    Batched,
+    /// Every change as the origin made it, in the origin's order: slower, but valid whenever
+    /// the origin's own order was (batching reorders across tables, which a foreign key
+    /// between rows of one group can refuse).
+    InOrder,
+}
+
+/// A group written but not yet committed (see `Target::stage`).
+#[derive(Debug, Default)]
+#[must_use = "a staged group holds an open transaction: finish or abandon it"]
+pub struct Staged {
+    outcome: GroupOutcome,
+    /// Origin region, GTID and offset of the last fresh transaction; None when all were
+    /// replays (no transaction was opened).
+    last: Option<(String, Gtid, i64)>,
 }
 
 /// Where an origin's apply stands, from `ferry.applied`.
@@ -66,12 +92,19 @@ impl Target {
         // UTC for temporal literals, the binary charset so bound bytes are never reinterpreted,
         // strict so a value that does not fit its column is an error (never silently
         // coerced), zero dates and explicit zero keys allowed (they are what the origin stored).
+        // Read committed takes no gap locks, so parallel groups writing disjoint rows do not
+        // block each other; a short lock wait turns a wait on a later group (which waits for
+        // this one to commit first) into a retry instead of a long stall.
         conn.query_drop(
             "SET NAMES binary, SESSION time_zone = '+00:00', \
-             SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO'",
+             SESSION sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO', \
+             SESSION innodb_lock_wait_timeout = 2",
         )
         .await
         .map_err(|e| ApplyError::from_sql("setting up the apply session", e))?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+            .await
+            .map_err(|e| ApplyError::from_sql("setting up the apply session", e))?;
         Ok(Self { conn, flavor })
     }
 
@@ -80,6 +113,33 @@ impl Target {
         crate::schema::install(&mut self.conn)
             .await
             .map_err(|e| ApplyError::from_sql("installing the ferry schema", e))
+    }
+
+    /// The unique and foreign keys of every user table, for parallel apply's dependency
+    /// tracking (read once per session: a table created later is tracked by primary key
+    /// until the next session).
+    pub async fn key_catalog(&mut self) -> Result<KeyCatalog, ApplyError> {
+        const USER: &str = "NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry')";
+        let uniques: Vec<(String, String, String, String)> = self
+            .conn
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA {USER} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
+            ))
+            .await
+            .map_err(|e| ApplyError::from_sql("reading unique keys", e))?;
+        let foreign: Vec<(String, String, String, String, String, String, String)> = self
+            .conn
+            .query(format!(
+                "SELECT TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_TABLE_SCHEMA, \
+                 REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
+                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA {USER} \
+                 ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION"
+            ))
+            .await
+            .map_err(|e| ApplyError::from_sql("reading foreign keys", e))?;
+        Ok(KeyCatalog::new(uniques, foreign))
     }
 
     /// The last transaction applied from `origin` and its offset.
@@ -104,26 +164,76 @@ impl Target {
     pub async fn apply(
         &mut self,
         group: &[Transaction],
+        how: Statements,
         topic: &str,
         partition: i32,
     ) -> Result<GroupOutcome, ApplyError> {
-        let Some(first) = group.first() else { return Ok(GroupOutcome::default()) };
+        let staged = self.stage(group, how).await?;
+        self.finish(staged, topic, partition).await
+    }
+
+    /// The first half of `apply`: open the local transaction under the group's identity and
+    /// write its rows, leaving it uncommitted (parallel apply commits in origin order). On an
+    /// error the transaction is rolled back.
+    pub async fn stage(&mut self, group: &[Transaction], how: Statements) -> Result<Staged, ApplyError> {
+        let Some(first) = group.first() else { return Ok(Staged::default()) };
         let done = self.applied(&first.origin.region).await?;
         let fresh: Vec<&Transaction> = group
             .iter()
             .filter(|t| !done.as_ref().is_some_and(|d| covers(&d.gtid, &t.origin.gtid)))
             .collect();
-        let mut outcome = GroupOutcome { duplicates: group.len() - fresh.len(), ..GroupOutcome::default() };
-        let Some(last) = fresh.last() else { return Ok(outcome) };
+        let mut staged = Staged {
+            outcome: GroupOutcome { duplicates: group.len() - fresh.len(), ..GroupOutcome::default() },
+            last: None,
+        };
+        let Some(last) = fresh.last() else { return Ok(staged) };
         self.set_identity(&last.origin.gtid).await?;
-        let result = self.write(&fresh, topic, partition).await;
+        if let Err(e) = self.write(&fresh, how).await {
+            self.abandon().await;
+            return Err(e);
+        }
+        staged.outcome.applied = fresh.len();
+        staged.outcome.rows = fresh.iter().map(|t| t.rows.len()).sum();
+        staged.last = Some((last.origin.region.clone(), last.origin.gtid.clone(), last.last_offset));
+        Ok(staged)
+    }
+
+    /// The second half of `apply`: record progress in `ferry.applied` and commit.
+    pub async fn finish(
+        &mut self,
+        staged: Staged,
+        topic: &str,
+        partition: i32,
+    ) -> Result<GroupOutcome, ApplyError> {
+        let Some((origin, gtid, offset)) = &staged.last else { return Ok(staged.outcome) };
+        let result = async {
+            self.conn
+                .exec_drop(
+                    "INSERT INTO ferry.applied (origin, gtid, kafka_topic, kafka_partition, kafka_offset) \
+                     VALUES (?, ?, ?, ?, ?) ON DUPLICATE KEY UPDATE gtid = VALUES(gtid), \
+                     kafka_topic = VALUES(kafka_topic), kafka_partition = VALUES(kafka_partition), \
+                     kafka_offset = VALUES(kafka_offset)",
+                    (origin, gtid.to_string(), topic, partition, offset),
+                )
+                .await
+                .map_err(|e| ApplyError::from_sql("writing ferry.applied", e))?;
+            self.conn.query_drop("COMMIT").await.map_err(|e| ApplyError::from_sql("committing", e))
+        }
+        .await;
+        if result.is_err() {
+            self.abandon().await;
+        } else if self.flavor == Flavor::Mysql {
+            let _ = self.conn.query_drop("SET gtid_next = 'AUTOMATIC'").await;
+        }
+        result.map(|()| staged.outcome)
+    }
+
+    /// Roll back a staged group (best effort: a lost connection rolls back by itself).
+    pub async fn abandon(&mut self) {
+        let _ = self.conn.query_drop("ROLLBACK").await;
         if self.flavor == Flavor::Mysql {
             let _ = self.conn.query_drop("SET gtid_next = 'AUTOMATIC'").await;
         }
-        result?;
-        outcome.applied = fresh.len();
-        outcome.rows = fresh.iter().map(|t| t.rows.len()).sum();
-        Ok(outcome)
     }
 
     /// Whether this target can commit several origin transactions together.
@@ -131,28 +241,24 @@ impl Target {
         self.flavor == Flavor::Mariadb
     }
 
-    async fn write(&mut self, group: &[&Transaction], topic: &str, partition: i32) -> Result<(), ApplyError> {
-        let Some(last) = group.last() else { return Ok(()) };
-        let mut tx = self
-            .conn
-            .start_transaction(TxOpts::default())
+    async fn write(&mut self, group: &[&Transaction], how: Statements) -> Result<(), ApplyError> {
+        self.conn
+            .query_drop("START TRANSACTION")
             .await
             .map_err(|e| ApplyError::from_sql("starting the apply transaction", e))?;
-        for statement in sql::batch(group.iter().flat_map(|t| &t.rows)) {
+        let changes = group.iter().flat_map(|t| &t.rows);
+        let statements = match how {
+            Statements::Batched => sql::batch(changes),
+            Statements::InOrder => changes.filter_map(sql::statement).collect(),
+        };
+        for statement in statements {
             let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
-            tx.exec_drop(&statement.sql, statement.params)
+            self.conn
+                .exec_drop(&statement.sql, statement.params)
                 .await
                 .map_err(|e| ApplyError::from_sql(&context, e))?;
         }
-        tx.exec_drop(
-            "INSERT INTO ferry.applied (origin, gtid, kafka_topic, kafka_partition, kafka_offset) VALUES (?, ?, ?, ?, ?) \
-             ON DUPLICATE KEY UPDATE gtid = VALUES(gtid), kafka_topic = VALUES(kafka_topic), \
-             kafka_partition = VALUES(kafka_partition), kafka_offset = VALUES(kafka_offset)",
-            (&last.origin.region, last.origin.gtid.to_string(), topic, partition, last.last_offset),
-        )
-        .await
-        .map_err(|e| ApplyError::from_sql("writing ferry.applied", e))?;
-        tx.commit().await.map_err(|e| ApplyError::from_sql("committing", e))
+        Ok(())
     }
 
     /// Make the next transaction carry the origin's GTID, so the target's binlog records it

@@ -18,6 +18,8 @@ use crate::transport::kafka::KafkaSink;
 
 const ROWS_PER_TRANSACTION: usize = 4;
 const WRITERS: usize = 4;
+/// `apply.workers` of the parallel ferry leg.
+const FERRY_WORKERS: usize = 4;
 const DURABLE: [&str; 2] = ["--sync-binlog=1", "--innodb-flush-log-at-trx-commit=1"];
 
 pub struct Options {
@@ -93,7 +95,8 @@ pub async fn run(opts: Options, ferry_bin: &Path) -> anyhow::Result<()> {
     .await?;
     println!("bench apply: the workload is in ferry.east.changes");
 
-    let ferry = ferry_leg(&source, &broker, end, ferry_bin).await?;
+    let ferry_serial = ferry_leg(&source, &broker, end, ferry_bin, 1).await?;
+    let ferry = ferry_leg(&source, &broker, end, ferry_bin, FERRY_WORKERS).await?;
     let serial = native_leg(&source, durable("bench-serial", 102, 1, &[])).await?;
     let parallel = native_leg(
         &source,
@@ -112,25 +115,29 @@ pub async fn run(opts: Options, ferry_bin: &Path) -> anyhow::Result<()> {
     );
     println!("  MariaDB replication, serial            {serial:>7.2}s  {:>9.0} rows/s", per_s(serial));
     println!("  MariaDB replication, 4 parallel threads {parallel:>6.2}s  {:>9.0} rows/s", per_s(parallel));
-    println!(
-        "  ferry apply from Kafka                 {ferry:>7.2}s  {:>9.0} rows/s  ratio to 4 threads {:.2}, to serial {:.2}",
-        per_s(ferry),
-        parallel / ferry,
-        serial / ferry
-    );
+    for (label, secs) in [("1 connection ", ferry_serial), ("4 connections", ferry)] {
+        println!(
+            "  ferry apply from Kafka, {label}  {secs:>7.2}s  {:>9.0} rows/s  ratio to 4 threads {:.2}, to serial {:.2}",
+            per_s(secs),
+            parallel / secs,
+            serial / secs
+        );
+    }
     println!("  target: ferry ≥ 2× native replication with 4 threads, every origin transaction kept whole");
     Ok(())
 }
 
-/// Time `ferry run` (apply only) from start until `end` is recorded in `ferry.applied`.
+/// Time `ferry run` (apply only, `workers` connections) from start until `end` is recorded in
+/// `ferry.applied`, on a fresh target.
 async fn ferry_leg(
     source: &MariaDb,
     broker: &Broker,
     end: MariaGtid,
     ferry_bin: &Path,
+    workers: usize,
 ) -> anyhow::Result<f64> {
-    let target =
-        MariaDb::start_primary(durable("bench-ferry", 201, 2, &[]), ServerDir::temp("bench-ferry")?).await?;
+    let name = format!("bench-ferry-{workers}");
+    let target = MariaDb::start_primary(durable(&name, 201, 2, &[]), ServerDir::temp(&name)?).await?;
     install_schemas(&target).await?;
     let dir = tempfile::tempdir()?;
     let http = pick_port([127, 0, 0, 1].into(), None)?;
@@ -149,7 +156,7 @@ async fn ferry_leg(
     std::fs::write(
         &config,
         format!(
-            "region: west\nregions:\n{}{}http: {{ listen: \"127.0.0.1:{http}\" }}\nlog: {{ level: warn }}\napply: {{}}\n",
+            "region: west\nregions:\n{}{}http: {{ listen: \"127.0.0.1:{http}\" }}\nlog: {{ level: warn }}\napply: {{ workers: {workers} }}\n",
             region("east", source, 1, 1),
             region("west", &target, 2, 2)
         ),

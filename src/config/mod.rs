@@ -185,6 +185,33 @@ pub struct ApplyConfig {
     /// origin until an operator steps in (default), or `skip` it and go on (counted, alerted).
     #[serde(default)]
     pub on_error: OnError,
+    /// Connections applying one origin's transactions concurrently. Transactions that touch
+    /// disjoint rows execute in parallel; any two that touch the same row run in origin order;
+    /// all commit in origin order. 1 applies serially.
+    #[serde(default = "default_apply_workers")]
+    pub workers: usize,
+    /// While catching up, up to this many consecutive origin transactions are committed
+    /// together in one local transaction (each stays whole). 1 commits each on its own.
+    #[serde(default = "default_max_group_transactions")]
+    pub max_group_transactions: usize,
+}
+
+impl Default for ApplyConfig {
+    fn default() -> Self {
+        Self {
+            on_error: OnError::default(),
+            workers: default_apply_workers(),
+            max_group_transactions: default_max_group_transactions(),
+        }
+    }
+}
+
+fn default_apply_workers() -> usize {
+    4
+}
+
+fn default_max_group_transactions() -> usize {
+    200
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

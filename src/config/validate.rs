@@ -126,6 +126,14 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         }
     }
 
+    if let Some(apply) = &config.apply {
+        if !(1..=64).contains(&apply.workers) {
+            push("apply.workers".into(), "must be between 1 and 64".into(), None);
+        }
+        if !(1..=10_000).contains(&apply.max_group_transactions) {
+            push("apply.max_group_transactions".into(), "must be between 1 and 10000".into(), None);
+        }
+    }
     if let Some(capture) = &config.capture {
         let at = "capture.server_id".to_string();
         if capture.server_id == 0 {

@@ -106,8 +106,11 @@ pub const APPLY_DLQ: MetricName = m(
     Counter,
     "Records or transactions parked in the dead-letter queue (labels: origin, kind: decode, sequence, apply)",
 );
-pub const APPLY_ERRORS: MetricName =
-    m("ferry_apply_errors", Counter, "Apply errors (labels: origin, kind: transient, permanent)");
+pub const APPLY_ERRORS: MetricName = m(
+    "ferry_apply_errors",
+    Counter,
+    "Apply errors (labels: origin, kind: transient, permanent, connection, parallel_abort: a group rolled back to run again in origin order)",
+);
 pub const APPLY_LAG: MetricName = m(
     "ferry_apply_lag_seconds",
     Gauge,

@@ -32,6 +32,16 @@ pub fn spawn_ferry(config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
+/// A child process killed when dropped, so a failing test leaves no `ferry run` behind.
+pub struct Reaped(pub Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A small deterministic generator for kill schedules (print the seed to replay one).
 pub struct Lcg(pub u64);
 
