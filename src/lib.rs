@@ -23,6 +23,7 @@ pub mod bench;
 pub mod capture;
 pub mod cli;
 pub mod config;
+pub mod conflict;
 pub mod logging;
 pub mod metrics;
 pub mod model;
