@@ -80,6 +80,47 @@ pub async fn check_server(
     Ok(())
 }
 
+/// One region's `auto_increment_increment` and `auto_increment_offset`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AutoIncrement {
+    pub region: String,
+    pub increment: u64,
+    pub offset: u64,
+}
+
+/// Pairs of regions whose AUTO_INCREMENT sequences can hand out the same key: the sequences
+/// `o₁ + k·i₁` and `o₂ + j·i₂` meet exactly when `gcd(i₁, i₂)` divides `o₁ − o₂`. Concurrent
+/// inserts would then collide on the primary key in both regions. One message per pair.
+pub fn auto_increment_overlaps(regions: &[AutoIncrement]) -> Vec<String> {
+    fn gcd(a: u64, b: u64) -> u64 {
+        if b == 0 { a } else { gcd(b, a % b) }
+    }
+    let mut out = Vec::new();
+    for (i, a) in regions.iter().enumerate() {
+        for b in &regions[i + 1..] {
+            let g = gcd(a.increment.max(1), b.increment.max(1));
+            if a.offset.abs_diff(b.offset) % g == 0 {
+                out.push(format!(
+                    "regions {} (auto_increment_increment={}, offset={}) and {} (increment={}, offset={}) \
+                     can generate the same AUTO_INCREMENT keys; give every region the same increment \
+                     (at least the number of regions) and its own offset",
+                    a.region, a.increment, a.offset, b.region, b.increment, b.offset
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// A server's AUTO_INCREMENT settings.
+pub async fn auto_increment(conn: &mut Conn, region: &str) -> Result<AutoIncrement, mysql_async::Error> {
+    let (increment, offset): (u64, u64) = conn
+        .query_first("SELECT @@auto_increment_increment, @@auto_increment_offset")
+        .await?
+        .unwrap_or((1, 1));
+    Ok(AutoIncrement { region: region.to_string(), increment, offset })
+}
+
 /// The GTID state at the start of the oldest binlog still on the server.
 pub async fn oldest_binlog_state(conn: &mut Conn) -> Result<Position, CaptureError> {
     let logs: Vec<mysql_async::Row> =
@@ -189,6 +230,20 @@ pub fn resume_position(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auto_increment_sequences_that_meet_are_reported() {
+        let r = |region: &str, increment, offset| AutoIncrement { region: region.into(), increment, offset };
+        assert!(auto_increment_overlaps(&[r("east", 2, 1), r("west", 2, 2)]).is_empty());
+        assert!(auto_increment_overlaps(&[r("east", 3, 1), r("west", 3, 2), r("north", 3, 3)]).is_empty());
+        assert_eq!(auto_increment_overlaps(&[r("east", 1, 1), r("west", 1, 1)]).len(), 1, "the defaults");
+        assert_eq!(auto_increment_overlaps(&[r("east", 2, 1), r("west", 2, 3)]).len(), 1, "odd and odd");
+        // 1 + 2k and 2 + 3j meet (5), although the offsets differ.
+        assert_eq!(auto_increment_overlaps(&[r("east", 2, 1), r("west", 3, 2)]).len(), 1);
+        let three = auto_increment_overlaps(&[r("east", 2, 1), r("west", 2, 2), r("north", 2, 1)]);
+        assert_eq!(three.len(), 1, "{three:?}");
+        assert!(three[0].contains("east") && three[0].contains("north"));
+    }
 
     fn pos(s: &str) -> Position {
         s.parse().unwrap()

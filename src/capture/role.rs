@@ -26,6 +26,8 @@ pub struct CaptureRole {
     mysql: MysqlConfig,
     bootstrap: Vec<String>,
     capture: CaptureConfig,
+    /// The other regions' primaries, for the AUTO_INCREMENT overlap warning.
+    others: Vec<(String, MysqlConfig)>,
     metrics: CaptureMetrics,
 }
 
@@ -38,6 +40,12 @@ impl CaptureRole {
             mysql: local.mysql.clone(),
             bootstrap: local.kafka.bootstrap.clone(),
             capture: config.capture.clone()?,
+            others: config
+                .regions
+                .iter()
+                .filter(|(name, _)| **name != config.region)
+                .map(|(name, r)| (name.clone(), r.mysql.clone()))
+                .collect(),
             metrics,
         })
     }
@@ -55,6 +63,33 @@ impl CaptureRole {
         }
     }
 
+    /// Warn when two regions' AUTO_INCREMENT settings can generate the same keys. The other
+    /// regions' primaries are asked too, best effort (a region that cannot be reached from
+    /// here within a few seconds is left out and said so).
+    async fn warn_on_auto_increment_overlap(&self, conn: &mut Conn) {
+        let mut settings = Vec::new();
+        match preflight::auto_increment(conn, &self.region).await {
+            Ok(s) => settings.push(s),
+            Err(e) => return tracing::warn!(error = %e, "could not read auto_increment settings"),
+        }
+        for (region, mysql) in &self.others {
+            let ask = async {
+                let mut c = Conn::new(mysql.primary_opts()).await?;
+                let s = preflight::auto_increment(&mut c, region).await;
+                let _ = c.disconnect().await;
+                s
+            };
+            match tokio::time::timeout(Duration::from_secs(3), ask).await {
+                Ok(Ok(s)) => settings.push(s),
+                Ok(Err(e)) => tracing::info!(%region, error = %e, "auto_increment check skips a region"),
+                Err(_) => tracing::info!(%region, "auto_increment check skips a region (no answer in 3s)"),
+            }
+        }
+        for problem in preflight::auto_increment_overlaps(&settings) {
+            tracing::warn!(%problem, "preflight");
+        }
+    }
+
     /// Connect, check and find the start position. Cancelled by shutdown (nothing to drain yet).
     async fn prepare(&self) -> Result<(Conn, Position, KafkaSink), CaptureError> {
         let opts = self.mysql.primary_opts();
@@ -64,6 +99,7 @@ impl CaptureRole {
         let flavor = self.mysql.flavor;
         let host = pipeline::report_host(&self.region);
         preflight::check_server(&mut conn, flavor, self.capture.server_id, &host).await?;
+        self.warn_on_auto_increment_overlap(&mut conn).await;
         let start = match checkpoint::load(&mut conn).await? {
             Some(saved) => preflight::resume(&mut conn, flavor, &saved, &self.mysql.origin_filter()).await?,
             None => {

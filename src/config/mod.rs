@@ -65,6 +65,9 @@ pub struct Config {
     /// Absent = this process does not apply.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub apply: Option<ApplyConfig>,
+    /// How apply decides when a row changed in two regions (see `conflict`).
+    #[serde(default)]
+    pub conflicts: ConflictConfig,
 }
 
 impl Config {
@@ -204,6 +207,70 @@ impl Default for ApplyConfig {
             max_group_transactions: default_max_group_transactions(),
         }
     }
+}
+
+/// Conflict rules: last write wins on a version column, region order on ties, tombstones for
+/// deletes, additive delta columns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConflictConfig {
+    /// The version column of every table that does not name its own (µs precision).
+    #[serde(default = "default_version_column")]
+    pub version_column: String,
+    /// Tombstones older than this are collected.
+    #[serde(default = "default_tombstone_horizon", with = "humantime_serde")]
+    pub tombstone_horizon: Duration,
+    /// An incoming version further ahead of the local clock than this is counted and alerted.
+    #[serde(default = "default_max_clock_skew", with = "humantime_serde")]
+    pub max_clock_skew: Duration,
+    /// Per table (`schema.table`) overrides.
+    #[serde(default)]
+    pub tables: BTreeMap<String, TableRules>,
+}
+
+impl Default for ConflictConfig {
+    fn default() -> Self {
+        Self {
+            version_column: default_version_column(),
+            tombstone_horizon: default_tombstone_horizon(),
+            max_clock_skew: default_max_clock_skew(),
+            tables: BTreeMap::new(),
+        }
+    }
+}
+
+impl ConflictConfig {
+    /// The rules of `db.table` (the defaults when it has no entry).
+    pub fn table(&self, db: &str, table: &str) -> Option<&TableRules> {
+        self.tables.get(&format!("{db}.{table}"))
+    }
+}
+
+/// One table's conflict rules.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableRules {
+    /// This table's version column instead of `conflicts.version_column`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version_column: Option<String>,
+    /// Columns merged additively (`column + (after − before)`) whoever wins the others.
+    #[serde(default)]
+    pub delta_columns: Vec<String>,
+    /// Only this region writes the table: its changes apply as they are, no conflict rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub single_writer: Option<String>,
+}
+
+fn default_version_column() -> String {
+    "updated_at".into()
+}
+
+fn default_tombstone_horizon() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+
+fn default_max_clock_skew() -> Duration {
+    Duration::from_secs(5)
 }
 
 fn default_apply_workers() -> usize {

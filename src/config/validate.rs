@@ -134,6 +134,51 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
             push("apply.max_group_transactions".into(), "must be between 1 and 10000".into(), None);
         }
     }
+    let conflicts = &config.conflicts;
+    if conflicts.version_column.trim().is_empty() {
+        push("conflicts.version_column".into(), "must name a column".into(), None);
+    }
+    if conflicts.tombstone_horizon < Duration::from_secs(60) {
+        push("conflicts.tombstone_horizon".into(), "must be at least 1m".into(), None);
+    }
+    for (name, rules) in &conflicts.tables {
+        let at = format!("conflicts.tables.{name}");
+        match name.split_once('.') {
+            Some((db, table)) if !db.is_empty() && !table.is_empty() && !table.contains('.') => {}
+            _ => push(at.clone(), "must be `schema.table`".into(), None),
+        }
+        if let Some(region) = &rules.single_writer {
+            if !config.regions.contains_key(region) {
+                push(
+                    format!("{at}.single_writer"),
+                    format!("region `{region}` is not defined under `regions`"),
+                    Some(format!("regions.{region}")),
+                );
+            }
+            if !rules.delta_columns.is_empty() {
+                push(
+                    format!("{at}.delta_columns"),
+                    "a single-writer table has no concurrent changes to merge".into(),
+                    None,
+                );
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, column) in rules.delta_columns.iter().enumerate() {
+            if column.trim().is_empty() {
+                push(format!("{at}.delta_columns[{i}]"), "must name a column".into(), None);
+            } else if !seen.insert(column) {
+                push(format!("{at}.delta_columns[{i}]"), format!("`{column}` is listed twice"), None);
+            } else if rules.version_column.as_deref().unwrap_or(&conflicts.version_column) == column {
+                push(
+                    format!("{at}.delta_columns[{i}]"),
+                    "the version column cannot be a delta column".into(),
+                    None,
+                );
+            }
+        }
+    }
+
     if let Some(capture) = &config.capture {
         let at = "capture.server_id".to_string();
         if capture.server_id == 0 {

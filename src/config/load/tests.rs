@@ -160,3 +160,30 @@ fn is_prefix_respects_segment_boundaries() {
     assert!(is_prefix("a.list", "a.list[0].x"));
     assert!(!is_prefix("regions.east", "regions.eastern"));
 }
+
+#[test]
+fn conflict_rules_default_and_bad_table_rules_are_all_reported() {
+    let c = load_str("good", GOOD, no_env()).expect("valid config");
+    assert_eq!(c.conflicts.version_column, "updated_at");
+    assert_eq!(c.conflicts.tombstone_horizon, std::time::Duration::from_secs(7 * 24 * 3600));
+    let with = |tables: &str| format!("{GOOD}conflicts:\n  tables:\n{tables}");
+    let ok = with(
+        "    psi.stock: { delta_columns: [quantity, reserved] }\n    psi.log: { single_writer: east }\n",
+    );
+    let c = load_str("ok", &ok, no_env()).expect("valid config");
+    assert_eq!(c.conflicts.table("psi", "stock").unwrap().delta_columns, vec!["quantity", "reserved"]);
+    let bad = with(
+        "    stock: { delta_columns: [q] }\n    psi.a: { single_writer: mars }\n    psi.b: { delta_columns: [q, q, updated_at] }\n",
+    );
+    let err = load_str("bad", &bad, no_env()).unwrap_err();
+    assert_eq!(
+        paths(&err),
+        vec![
+            "conflicts.tables.psi.a.single_writer",
+            "conflicts.tables.psi.b.delta_columns[1]",
+            "conflicts.tables.psi.b.delta_columns[2]",
+            "conflicts.tables.stock",
+        ],
+        "{err}"
+    );
+}
