@@ -192,6 +192,7 @@ async fn write_checkpoints(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut written = 0u64;
+    let mut moved = tokio::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             biased;
@@ -202,11 +203,12 @@ async fn write_checkpoints(
         if current.generation != written {
             checkpoint::save(&mut conn, &current.position).await?;
             written = current.generation;
+            moved = tokio::time::Instant::now();
         }
-        // Written now, or nothing new to cover: either way the stored checkpoint covers all
-        // acknowledged progress, so its age is 0 at every tick (a stalled capture shows in
-        // ferry_capture_lag_seconds, not here).
-        metrics.checkpoint_age.set(0.0);
+        // How long the stored position has stood still. With heartbeats every second a healthy
+        // capture moves it every checkpoint interval; when the broker stops acknowledging (or
+        // the binlog stream stalls) it grows, which is what an alert wants to see.
+        metrics.checkpoint_age.set(moved.elapsed().as_secs_f64());
         let now = now_us();
         if let Some(commit) = current.last_commit_us {
             metrics.lag.set(((now - commit) as f64 / 1e6).max(0.0));

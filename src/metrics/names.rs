@@ -82,7 +82,7 @@ pub const CAPTURE_RECONNECTS: MetricName =
 pub const CAPTURE_CHECKPOINT_AGE: MetricName = m(
     "ferry_capture_checkpoint_age_seconds",
     Gauge,
-    "Seconds since the checkpoint was last written (or found current)",
+    "Seconds since the stored capture checkpoint last moved (acknowledged progress written); grows when the broker stops acknowledging or the binlog stream stalls",
 );
 pub const CAPTURE_LAG: MetricName = m(
     "ferry_capture_lag_seconds",
