@@ -28,13 +28,30 @@ pub struct CaptureMetrics {
     pub published_bytes: Counter,
     pub statements: Counter,
     pub reconnects: Counter,
-    /// Seconds, as a float gauge.
+    /// Seconds since the stored checkpoint last moved (see `checkpoint_moved`).
     pub checkpoint_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// When the stored checkpoint last moved; kept across capture restarts so that a capture
+    /// stuck reconnecting shows an ever older checkpoint.
+    pub checkpoint_moved: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     pub lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub heartbeat_writes: Family<ResultLabels, Counter>,
 }
 
 impl CaptureMetrics {
+    /// The stored checkpoint moved just now.
+    pub fn checkpoint_moved_now(&self) {
+        if let Ok(mut at) = self.checkpoint_moved.lock() {
+            *at = Some(std::time::Instant::now());
+        }
+        self.checkpoint_age.set(0.0);
+    }
+
+    /// Refresh `checkpoint_age` (0 until the first checkpoint of this process).
+    pub fn refresh_checkpoint_age(&self) {
+        let at = self.checkpoint_moved.lock().ok().and_then(|at| *at);
+        self.checkpoint_age.set(at.map(|at| at.elapsed().as_secs_f64()).unwrap_or(0.0));
+    }
+
     pub fn register(metrics: &Metrics) -> Self {
         let m = Self::default();
         metrics.register(names::CAPTURE_CONNECTED, m.connected.clone());

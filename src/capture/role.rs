@@ -150,6 +150,19 @@ impl Role for CaptureRole {
 
     fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
         Box::pin(async move {
+            // How long the stored position has stood still, refreshed every second whatever
+            // capture is doing: with heartbeats a healthy capture moves it every checkpoint
+            // interval; when the broker stops acknowledging, the binlog stream stalls or capture
+            // keeps reconnecting, it grows, which is what an alert wants to see.
+            let metrics = self.metrics.clone();
+            let ager = tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    tick.tick().await;
+                    metrics.refresh_checkpoint_age();
+                }
+            });
+            let _ager = AbortOnDrop(ager);
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let error = match self.session(&ctx).await {
@@ -192,7 +205,6 @@ async fn write_checkpoints(
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Skip);
     let mut written = 0u64;
-    let mut moved = tokio::time::Instant::now();
     loop {
         let stopping = tokio::select! {
             biased;
@@ -203,12 +215,8 @@ async fn write_checkpoints(
         if current.generation != written {
             checkpoint::save(&mut conn, &current.position).await?;
             written = current.generation;
-            moved = tokio::time::Instant::now();
+            metrics.checkpoint_moved_now();
         }
-        // How long the stored position has stood still. With heartbeats every second a healthy
-        // capture moves it every checkpoint interval; when the broker stops acknowledging (or
-        // the binlog stream stalls) it grows, which is what an alert wants to see.
-        metrics.checkpoint_age.set(moved.elapsed().as_secs_f64());
         let now = now_us();
         if let Some(commit) = current.last_commit_us {
             metrics.lag.set(((now - commit) as f64 / 1e6).max(0.0));
@@ -217,6 +225,15 @@ async fn write_checkpoints(
             tracing::info!(position = %current.position, "final capture checkpoint written");
             return Ok(());
         }
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
