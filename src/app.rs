@@ -57,6 +57,16 @@ pub struct RoleContext {
     pub reporter: RoleReporter,
 }
 
+/// A background task of a role (a metric refresher, a probe), aborted when dropped so that it
+/// ends with the role.
+pub struct AbortOnDrop(pub tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// How a supervised run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {

@@ -20,7 +20,7 @@ use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels, OriginTableLa
 use super::parallel::{KeyTracker, Sequencer, row_keys};
 use super::reassemble::{Assembled, Reassembler, Transaction};
 use super::target::{ApplyError, GroupOutcome, Statements, Target};
-use crate::app::{Role, RoleContext, RoleFuture, Stage};
+use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
 use crate::model::Value;
 use crate::status::RoleState;
@@ -486,11 +486,13 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Measures the backlog in the background; stops when dropped. Fetching watermarks is a
 /// blocking network round trip in rdkafka, so it runs off the async threads.
-struct BacklogProbe(tokio::task::JoinHandle<()>);
+struct BacklogProbe {
+    _task: AbortOnDrop,
+}
 
 impl BacklogProbe {
     fn start(consumer: Arc<StreamConsumer>, topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
-        Self(tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(BACKLOG_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -503,13 +505,8 @@ impl BacklogProbe {
                     gauge.set((high - next.load(Ordering::Relaxed)).max(0));
                 }
             }
-        }))
-    }
-}
-
-impl Drop for BacklogProbe {
-    fn drop(&mut self) {
-        self.0.abort();
+        });
+        Self { _task: AbortOnDrop(task) }
     }
 }
 

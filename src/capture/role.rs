@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::metrics::{CaptureMetrics, ResultLabels};
 use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
 use super::{checkpoint, preflight};
-use crate::app::{Role, RoleContext, RoleFuture, Stage};
+use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{CaptureConfig, Config, MysqlConfig};
 use crate::model::Position;
 use crate::status::RoleState;
@@ -63,33 +63,6 @@ impl CaptureRole {
         }
     }
 
-    /// Warn when two regions' AUTO_INCREMENT settings can generate the same keys. The other
-    /// regions' primaries are asked too, best effort (a region that cannot be reached from
-    /// here within a few seconds is left out and said so).
-    async fn warn_on_auto_increment_overlap(&self, conn: &mut Conn) {
-        let mut settings = Vec::new();
-        match preflight::auto_increment(conn, &self.region).await {
-            Ok(s) => settings.push(s),
-            Err(e) => return tracing::warn!(error = %e, "could not read auto_increment settings"),
-        }
-        for (region, mysql) in &self.others {
-            let ask = async {
-                let mut c = Conn::new(mysql.primary_opts()).await?;
-                let s = preflight::auto_increment(&mut c, region).await;
-                let _ = c.disconnect().await;
-                s
-            };
-            match tokio::time::timeout(Duration::from_secs(3), ask).await {
-                Ok(Ok(s)) => settings.push(s),
-                Ok(Err(e)) => tracing::info!(%region, error = %e, "auto_increment check skips a region"),
-                Err(_) => tracing::info!(%region, "auto_increment check skips a region (no answer in 3s)"),
-            }
-        }
-        for problem in preflight::auto_increment_overlaps(&settings) {
-            tracing::warn!(%problem, "preflight");
-        }
-    }
-
     /// Connect, check and find the start position. Cancelled by shutdown (nothing to drain yet).
     async fn prepare(&self) -> Result<(Conn, Position, KafkaSink), CaptureError> {
         let opts = self.mysql.primary_opts();
@@ -99,7 +72,6 @@ impl CaptureRole {
         let flavor = self.mysql.flavor;
         let host = pipeline::report_host(&self.region);
         preflight::check_server(&mut conn, flavor, self.capture.server_id, &host).await?;
-        self.warn_on_auto_increment_overlap(&mut conn).await;
         let start = match checkpoint::load(&mut conn).await? {
             Some(saved) => preflight::resume(&mut conn, flavor, &saved, &self.mysql.origin_filter()).await?,
             None => {
@@ -163,6 +135,13 @@ impl Role for CaptureRole {
                 }
             });
             let _ager = AbortOnDrop(ager);
+            // Once per process, beside capture: a reconnecting capture must not wait on other
+            // regions' primaries.
+            let _overlap = AbortOnDrop(tokio::spawn(warn_on_auto_increment_overlap(
+                self.region.clone(),
+                self.mysql.clone(),
+                self.others.clone(),
+            )));
             let mut backoff = FIRST_BACKOFF;
             loop {
                 let error = match self.session(&ctx).await {
@@ -228,12 +207,39 @@ async fn write_checkpoints(
     }
 }
 
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Warn when two regions' AUTO_INCREMENT settings can generate the same keys. The other
+/// regions' primaries are asked too, best effort (a region that cannot be reached from here
+/// within a few seconds is left out and said so).
+async fn warn_on_auto_increment_overlap(
+    region: String,
+    local: MysqlConfig,
+    others: Vec<(String, MysqlConfig)>,
+) {
+    let ask = |region: String, mysql: MysqlConfig| async move {
+        let read = async {
+            let mut c = Conn::new(mysql.primary_opts()).await?;
+            let s = preflight::auto_increment(&mut c, &region).await;
+            let _ = c.disconnect().await;
+            s
+        };
+        match tokio::time::timeout(Duration::from_secs(3), read).await {
+            Ok(Ok(s)) => Some(s),
+            Ok(Err(e)) => {
+                tracing::info!(%region, error = %e, "auto_increment check skips a region");
+                None
+            }
+            Err(_) => {
+                tracing::info!(%region, "auto_increment check skips a region (no answer in 3s)");
+                None
+            }
+        }
+    };
+    let mut settings = Vec::new();
+    for (region, mysql) in std::iter::once((region, local)).chain(others) {
+        settings.extend(ask(region, mysql).await);
+    }
+    for problem in preflight::auto_increment_overlaps(&settings) {
+        tracing::warn!(%problem, "preflight");
     }
 }
 
