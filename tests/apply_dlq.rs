@@ -15,7 +15,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{FERRY, region_yaml};
+use common::{FERRY, apply_only_config};
 
 fn insert(seq: u64, id: i64) -> Vec<u8> {
     insert_row(seq, id, true)
@@ -91,23 +91,8 @@ async fn setup(
     c.query_drop("CREATE TABLE t.x (id INT PRIMARY KEY, note VARCHAR(40))").await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
-    // Both regions' databases are `west` here: apply only needs the origin's topic.
-    let region = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
-        region_yaml(name, db, domain, priority, &broker.bootstrap()).replace(
-            &format!("server_id: {}", db.options().server_id),
-            &format!("server_id: {}", db.options().server_id + priority),
-        )
-    };
-    let config = dir.path().join("west.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: west\nregions:\n{}{}http: {{ listen: \"{http}\" }}\napply: {{ on_error: {on_error} }}\n",
-            region("east", &west, 1, 1),
-            region("west", &west, 2, 2)
-        ),
-    )
-    .unwrap();
+    let apply = format!("{{ on_error: {on_error} }}");
+    let config = apply_only_config(dir.path(), &west, &broker.bootstrap(), http, &apply);
     (west, broker, dir, config, http)
 }
 

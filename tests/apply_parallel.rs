@@ -16,7 +16,7 @@ use rdkafka::ClientConfig;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
 mod common;
-use common::{Lcg, Reaped, region_yaml, spawn_ferry};
+use common::{Lcg, Reaped, apply_only_config, spawn_ferry};
 
 const TRANSACTIONS: u64 = 1500;
 
@@ -181,22 +181,8 @@ async fn four_connections_apply_a_tricky_history_exactly_as_the_origin_wrote_it(
 
     let dir = tempfile::tempdir().unwrap();
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
-    // Both regions' databases are `west`: apply only needs the origin's topic.
-    let region = |name: &str, domain: u32, priority: u32| {
-        region_yaml(name, &west, domain, priority, &broker.bootstrap())
-            .replace("server_id: 201", &format!("server_id: {}", 201 + priority))
-    };
-    let config = dir.path().join("west.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: west\nregions:\n{}{}http: {{ listen: \"{http}\" }}\n\
-             apply: {{ on_error: pause, workers: 4, max_group_transactions: 1 }}\n",
-            region("east", 1, 1),
-            region("west", 2, 2)
-        ),
-    )
-    .unwrap();
+    let apply = "{ on_error: pause, workers: 4, max_group_transactions: 1 }";
+    let config = apply_only_config(dir.path(), &west, &broker.bootstrap(), http, apply);
     let log = dir.path().join("west.log");
     let ferry = Reaped(spawn_ferry(&config, &log));
 

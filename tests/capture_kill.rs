@@ -17,40 +17,19 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{FERRY, Lcg};
+use common::{FERRY, Lcg, region_yaml};
 const KILLS: usize = 12;
 
 fn config(dir: &std::path::Path, db: &MariaDb, broker: &Broker) -> std::path::PathBuf {
     let http = pick_port([127, 0, 0, 1].into(), None).unwrap();
     let path = dir.join("ferry.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            r#"
-region: east
-regions:
-  east:
-    priority: 1
-    mysql:
-      user: ferry
-      password: ferry-test-pw
-      gtid_domain_id: 1
-      primary: {{ host: "{}", port: {}, server_id: 101 }}
-    kafka: {{ bootstrap: ["{}"] }}
-http: {{ listen: "127.0.0.1:{http}" }}
-log: {{ format: json, level: "info" }}
-shutdown: {{ grace: 20s }}
-capture:
-  server_id: 1001
-  checkpoint_interval: 200ms
-  max_record_bytes: 16384
-"#,
-            db.addr().ip(),
-            db.addr().port(),
-            broker.bootstrap()
-        ),
-    )
-    .unwrap();
+    let text = format!(
+        "region: east\nregions:\n{}http: {{ listen: \"127.0.0.1:{http}\" }}\n\
+         log: {{ format: json, level: \"info\" }}\nshutdown: {{ grace: 20s }}\n\
+         capture:\n  server_id: 1001\n  checkpoint_interval: 200ms\n  max_record_bytes: 16384\n",
+        region_yaml("east", db, 1, 1, &broker.bootstrap())
+    );
+    std::fs::write(&path, text).unwrap();
     path
 }
 

@@ -235,6 +235,18 @@ fn delivery_step(regions: u32) -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The steps that concern only the first `regions` regions.
+fn within(steps: &[Step], regions: u32) -> Vec<Step> {
+    let keep = |s: &&Step| match s {
+        Step::Write { region, .. } => *region < regions,
+        Step::Deliver { region, origin } | Step::Duplicate { region, origin } => {
+            *region < regions && *origin < regions
+        }
+        Step::Tick(_) => true,
+    };
+    steps.iter().filter(keep).cloned().collect()
+}
+
 /// Concurrent histories: every region writes (several times, to the same keys, with skewed
 /// and colliding clocks) before any other region's change reaches it; then the changes are
 /// delivered, interleaved across origins in any order, with duplicates.
@@ -262,12 +274,7 @@ proptest! {
         deliveries in prop::collection::vec(delivery_step(3), 0..60),
         skew in prop::collection::vec(-3i64..3, 3),
     ) {
-        let keep = |s: &&Step| match s {
-            Step::Write { region, .. } | Step::Deliver { region, .. } | Step::Duplicate { region, .. } => *region < regions,
-            Step::Tick(_) => true,
-        };
-        let writes: Vec<Step> = writes.iter().filter(keep).cloned().collect();
-        let deliveries: Vec<Step> = deliveries.iter().filter(keep).filter(|s| !matches!(s, Step::Deliver { origin, .. } | Step::Duplicate { origin, .. } if *origin >= regions)).cloned().collect();
+        let (writes, deliveries) = (within(&writes, regions), within(&deliveries, regions));
         let w = concurrent(regions, false, &writes, &deliveries, skew[..regions as usize].to_vec());
         let first = visible(&w.regions[0]);
         for r in &w.regions[1..] {
@@ -289,13 +296,7 @@ proptest! {
         deliveries in prop::collection::vec(delivery_step(3), 0..60),
         skew in prop::collection::vec(-3i64..3, 3),
     ) {
-        let keep = |s: &&Step| match s {
-            Step::Write { region, .. } => *region < regions,
-            Step::Deliver { region, origin } | Step::Duplicate { region, origin } => *region < regions && *origin < regions,
-            Step::Tick(_) => true,
-        };
-        let writes: Vec<Step> = writes.iter().filter(keep).cloned().collect();
-        let deliveries: Vec<Step> = deliveries.iter().filter(keep).cloned().collect();
+        let (writes, deliveries) = (within(&writes, regions), within(&deliveries, regions));
         let w = concurrent(regions, true, &writes, &deliveries, skew[..regions as usize].to_vec());
         let lww = |r: &Region| -> BTreeMap<u8, (i64, i64)> { visible(r).into_iter().map(|(k, (p, v, _))| (k, (p, v))).collect() };
         let first = lww(&w.regions[0]);

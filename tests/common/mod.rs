@@ -32,6 +32,31 @@ pub fn spawn_ferry(config: &Path, log: &Path) -> Child {
         .unwrap()
 }
 
+/// `dir/west.yaml`: region `west` applying `east`'s topic on `bootstrap`, both regions' primary
+/// being `db` (apply only needs the origin's topic; the server ids are made distinct), with
+/// `/status` on `http` and `apply` as given (YAML flow mapping).
+pub fn apply_only_config(
+    dir: &Path,
+    db: &MariaDb,
+    bootstrap: &str,
+    http: std::net::SocketAddr,
+    apply: &str,
+) -> std::path::PathBuf {
+    let server_id = db.options().server_id;
+    let region = |name: &str, domain: u32, priority: u32| {
+        region_yaml(name, db, domain, priority, bootstrap)
+            .replace(&format!("server_id: {server_id}"), &format!("server_id: {}", server_id + priority))
+    };
+    let path = dir.join("west.yaml");
+    let text = format!(
+        "region: west\nregions:\n{}{}http: {{ listen: \"{http}\" }}\napply: {apply}\n",
+        region("east", 1, 1),
+        region("west", 2, 2)
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// A child process killed when dropped, so a failing test leaves no `ferry run` behind.
 pub struct Reaped(pub Child);
 
