@@ -3,7 +3,10 @@
 //! - `capture_checkpoint`: last GTID whose records the broker acknowledged, per capture stream.
 //! - `applied`: per origin region, the last applied GTID and the Kafka offset it came from,
 //!   written in the same transaction as the applied rows.
-//! - `tombstones`: deleted rows' keys and versions, so an older update cannot resurrect them.
+//! - `tombstones`: deleted rows' keys and versions, so an older update cannot resurrect them;
+//!   written by apply for deletes it applies and by capture for local deletes.
+//! - `row_origins`: for rows apply wrote, the region and version it wrote (the tie-break
+//!   needs the writer of the local row; a row whose version differs was written here).
 //! - `conflicts`: one row per conflict decided, with both images, winner and rule.
 //! - `heartbeat`: written every second by each region; the only `ferry` table that is captured.
 //!
@@ -31,11 +34,21 @@ pub const STATEMENTS: &[&str] = &[
         table_name VARCHAR(128) NOT NULL,
         -- table_name (128 chars x 4 bytes) + row_key must fit InnoDB's 3072-byte key limit.
         row_key VARBINARY(2048) NOT NULL,
-        version DATETIME(6) NOT NULL,
+        -- the deleted row's version (µs; the delete's commit time if the table has none)
+        version_us BIGINT NOT NULL,
         origin VARCHAR(32) NOT NULL,
-        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        created_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
         PRIMARY KEY (table_name, row_key),
         KEY by_created (created_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.row_origins (
+        table_name VARCHAR(128) NOT NULL,
+        row_key VARBINARY(2048) NOT NULL,
+        version_us BIGINT NOT NULL,
+        origin VARCHAR(32) NOT NULL,
+        written_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6),
+        PRIMARY KEY (table_name, row_key),
+        KEY by_written (written_at)
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS ferry.conflicts (
         id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
@@ -44,6 +57,8 @@ pub const STATEMENTS: &[&str] = &[
         kind VARCHAR(32) NOT NULL,
         rule VARCHAR(32) NOT NULL,
         winner VARCHAR(32) NOT NULL,
+        local_version_us BIGINT NULL,
+        incoming_version_us BIGINT NOT NULL,
         local_image JSON NULL,
         incoming_image JSON NULL,
         origin VARCHAR(32) NOT NULL,
@@ -64,6 +79,22 @@ pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), mysql_async::Er
     use mysql_async::prelude::Queryable;
     for sql in STATEMENTS {
         conn.query_drop(*sql).await?;
+    }
+    // Earlier builds created these two tables with other columns and never wrote them:
+    // replace them with the current shape.
+    for (table, column) in [("tombstones", "version_us"), ("conflicts", "incoming_version_us")] {
+        let current: Option<u8> = conn
+            .exec_first(
+                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'ferry' \
+                 AND TABLE_NAME = ? AND COLUMN_NAME = ?",
+                (table, column),
+            )
+            .await?;
+        if current.is_none() {
+            conn.query_drop(format!("DROP TABLE IF EXISTS ferry.{table}")).await?;
+            let create = STATEMENTS.iter().find(|s| s.contains(&format!("ferry.{table} ("))).expect("listed");
+            conn.query_drop(*create).await?;
+        }
     }
     Ok(())
 }

@@ -349,6 +349,7 @@ async fn generated_columns_are_marked_through_the_pipeline() {
         max_record_bytes: 65536,
         max_inflight_bytes: 1 << 20,
         filter: None,
+        tombstones: None,
     };
     let (progress, watcher) = tokio::sync::watch::channel(Progress::default());
     let stop = tokio_util::sync::CancellationToken::new();

@@ -70,7 +70,10 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
     let tables: Vec<String> = primary.query("SHOW TABLES FROM psi").await.unwrap();
     assert_eq!(tables, ["customers", "order_items", "orders", "products", "stock", "warehouses"]);
     let ferry_tables: Vec<String> = primary.query("SHOW TABLES FROM ferry").await.unwrap();
-    assert_eq!(ferry_tables, ["applied", "capture_checkpoint", "conflicts", "heartbeat", "tombstones"]);
+    assert_eq!(
+        ferry_tables,
+        ["applied", "capture_checkpoint", "conflicts", "heartbeat", "row_origins", "tombstones"]
+    );
     primary
         .query_drop("INSERT INTO psi.warehouses (code, name, region) VALUES ('E1', 'East main', 'east')")
         .await

@@ -27,8 +27,17 @@ pub struct OriginKindLabels {
     pub kind: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConflictLabels {
+    /// `db.table`
+    pub table: String,
+    pub kind: &'static str,
+    pub resolution: &'static str,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ApplyMetrics {
+    pub conflicts: Family<ConflictLabels, Counter>,
     pub transactions: Family<OriginLabels, Counter>,
     pub rows: Family<OriginTableLabels, Counter>,
     pub duplicates: Family<OriginLabels, Counter>,
@@ -47,6 +56,7 @@ impl ApplyMetrics {
         metrics.register(names::APPLY_ROWS, m.rows.clone());
         metrics.register(names::APPLY_DUPLICATES, m.duplicates.clone());
         metrics.register(names::APPLY_DLQ, m.dlq.clone());
+        metrics.register(names::APPLY_CONFLICTS, m.conflicts.clone());
         metrics.register(names::APPLY_ERRORS, m.errors.clone());
         metrics.register(names::APPLY_LAG, m.lag.clone());
         metrics.register(names::APPLY_E2E_LAG, m.e2e_lag.clone());

@@ -4,6 +4,7 @@
 pub mod metrics;
 pub mod parallel;
 pub mod reassemble;
+pub mod resolve;
 pub mod role;
 pub mod sql;
 pub mod target;

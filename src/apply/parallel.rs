@@ -104,6 +104,11 @@ impl KeyCatalog {
         catalog
     }
 
+    /// The unique indexes of a table other than its primary key: `(name, columns)`.
+    pub fn uniques(&self, db: &str, table: &str) -> &[(String, Vec<String>)] {
+        self.get(db, table).map(|k| k.uniques.as_slice()).unwrap_or_default()
+    }
+
     fn get(&self, db: &str, table: &str) -> Option<&TableKeys> {
         self.tables.get(&(db.to_string(), table.to_string()))
     }
@@ -167,7 +172,7 @@ pub struct Keys {
 
 /// The values of `columns` in `image`, in that order; None when one is missing or NULL (a NULL
 /// never collides in a unique index, and a NULL foreign key references nothing).
-fn values_of<'a, S: AsRef<str>>(image: &'a Row, columns: &[S]) -> Option<Vec<&'a Value>> {
+pub fn values_of<'a, S: AsRef<str>>(image: &'a Row, columns: &[S]) -> Option<Vec<&'a Value>> {
     columns
         .iter()
         .map(|c| {

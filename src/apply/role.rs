@@ -16,12 +16,13 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use super::metrics::{ApplyMetrics, OriginKindLabels, OriginLabels, OriginTableLabels};
+use super::metrics::{ApplyMetrics, ConflictLabels, OriginKindLabels, OriginLabels, OriginTableLabels};
 use super::parallel::{KeyTracker, Sequencer, row_keys};
 use super::reassemble::{Assembled, Reassembler, Transaction};
 use super::target::{ApplyError, GroupOutcome, Statements, Target};
 use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
+use crate::conflict::Rules;
 use crate::model::Value;
 use crate::status::RoleState;
 use crate::transport::envelope::Envelope;
@@ -52,6 +53,7 @@ pub struct ApplyRole {
     workers: usize,
     /// Most origin transactions committed together.
     max_group: usize,
+    rules: Arc<Rules>,
     metrics: ApplyMetrics,
 }
 
@@ -59,6 +61,7 @@ impl ApplyRole {
     /// One role per remote region when `apply` is configured.
     pub fn from_config(config: &Config, metrics: &ApplyMetrics) -> Vec<Self> {
         let (Some(apply), Some(local)) = (config.apply.as_ref(), config.local()) else { return Vec::new() };
+        let rules = Arc::new(Rules::from_config(config));
         config
             .regions
             .iter()
@@ -73,6 +76,7 @@ impl ApplyRole {
                 on_error: apply.on_error,
                 workers: apply.workers.max(1),
                 max_group: apply.max_group_transactions.max(1),
+                rules: rules.clone(),
                 metrics: metrics.clone(),
             })
             .collect()
@@ -138,7 +142,10 @@ impl ApplyRole {
             idle.push(more);
         }
         let groups = idle[0].groups();
-        let catalog = idle[0].key_catalog().await?;
+        let catalog = Arc::new(idle[0].key_catalog().await?);
+        for target in &mut idle {
+            target.govern(self.rules.clone(), catalog.clone());
+        }
         let sequencer = Sequencer::default();
         let mut tracker = KeyTracker::default();
         let session = Session {
@@ -384,6 +391,14 @@ impl ApplyRole {
             }
         }
         self.metrics.duplicates.get_or_create(&self.labels()).inc_by(outcome.duplicates as u64);
+        for c in &outcome.conflicts {
+            let labels = ConflictLabels {
+                table: c.table.clone(),
+                kind: c.kind.as_str(),
+                resolution: c.winner.as_str(),
+            };
+            self.metrics.conflicts.get_or_create(&labels).inc();
+        }
         let Some(last) = group.last() else { return };
         // Only for lag monitoring: ferry.applied is where apply resumes from.
         let mut done = TopicPartitionList::new();

@@ -24,7 +24,7 @@ fn table(row: &RowChange) -> String {
 }
 
 /// The placeholder for a value: text goes through utf8mb4 into the column's charset.
-fn placeholder(v: &Value) -> &'static str {
+pub fn placeholder(v: &Value) -> &'static str {
     match v {
         Value::Text { .. } | Value::Enum { .. } | Value::Set { .. } | Value::Json { .. } => {
             "CONVERT(? USING utf8mb4)"
@@ -224,17 +224,13 @@ pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statem
             finals.push((id, f));
         }
     };
-    let key_text = |row: &Row, change: &RowChange| -> String {
-        let cols: Vec<&str> = change.key.columns().collect();
-        let key = Row(row.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect());
-        serde_json::to_string(&key).unwrap_or_default()
-    };
     for change in changes {
         if change.key.is_empty() {
             keyless.push(change);
             continue;
         }
-        let id = |row: &Row| (change.db.clone(), change.table.clone(), key_text(row, change));
+        let id =
+            |row: &Row| (change.db.clone(), change.table.clone(), crate::conflict::key_text(change, row));
         match (change.op, change.before.as_ref(), change.after.as_ref()) {
             (Op::Insert, _, Some(after)) => set(id(after), Final::Upsert(change)),
             (Op::Update, Some(before), Some(after)) => {

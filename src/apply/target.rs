@@ -7,13 +7,18 @@
 //! connection, deadlock, lock wait timeout) are retried by the caller; permanent ones (the
 //! row does not fit the target table) go to the dead-letter queue.
 
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
 
 use super::parallel::KeyCatalog;
 use super::reassemble::Transaction;
+use super::resolve::{self, Recorded, Sourced};
 use super::sql;
 use crate::config::Flavor;
+use crate::conflict::Rules;
 use crate::model::Gtid;
 
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +34,7 @@ pub enum ApplyError {
 }
 
 impl ApplyError {
-    fn from_sql(context: &str, e: mysql_async::Error) -> Self {
+    pub(crate) fn from_sql(context: &str, e: mysql_async::Error) -> Self {
         let message = format!("{context}: {e}");
         match &e {
             // Deadlock, lock wait timeout, query interrupted / server shutting down.
@@ -50,6 +55,8 @@ pub struct GroupOutcome {
     pub rows: usize,
     /// Transactions `ferry.applied` already covered (replays), left out.
     pub duplicates: usize,
+    /// Conflicts decided (and logged in `ferry.conflicts`).
+    pub conflicts: Vec<Recorded>,
 }
 
 /// How a group's changes become statements.
@@ -83,6 +90,9 @@ pub struct Applied {
 pub struct Target {
     conn: Conn,
     flavor: Flavor,
+    /// The conflict rules and the unique keys they consult; without them every change is
+    /// written as it is.
+    rules: Option<(Arc<Rules>, Arc<KeyCatalog>)>,
 }
 
 impl Target {
@@ -105,7 +115,12 @@ impl Target {
         conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
             .await
             .map_err(|e| ApplyError::from_sql("setting up the apply session", e))?;
-        Ok(Self { conn, flavor })
+        Ok(Self { conn, flavor, rules: None })
+    }
+
+    /// Decide the changes of every table the rules govern by them (see `resolve`).
+    pub fn govern(&mut self, rules: Arc<Rules>, catalog: Arc<KeyCatalog>) {
+        self.rules = Some((rules, catalog));
     }
 
     /// Create the `ferry` schema if missing.
@@ -188,9 +203,12 @@ impl Target {
         };
         let Some(last) = fresh.last() else { return Ok(staged) };
         self.set_identity(&last.origin.gtid).await?;
-        if let Err(e) = self.write(&fresh, how).await {
-            self.abandon().await;
-            return Err(e);
+        match self.write(&fresh, how).await {
+            Ok(conflicts) => staged.outcome.conflicts = conflicts,
+            Err(e) => {
+                self.abandon().await;
+                return Err(e);
+            }
         }
         staged.outcome.applied = fresh.len();
         staged.outcome.rows = fresh.iter().map(|t| t.rows.len()).sum();
@@ -241,16 +259,73 @@ impl Target {
         self.flavor == Flavor::Mariadb
     }
 
-    async fn write(&mut self, group: &[&Transaction], how: Statements) -> Result<(), ApplyError> {
+    /// Write a group's changes: tables the conflict rules govern through `resolve`, the
+    /// others (single-writer tables, ferry's own) as they are.
+    async fn write(&mut self, group: &[&Transaction], how: Statements) -> Result<Vec<Recorded>, ApplyError> {
         self.conn
             .query_drop("START TRANSACTION")
             .await
             .map_err(|e| ApplyError::from_sql("starting the apply transaction", e))?;
-        let changes = group.iter().flat_map(|t| &t.rows);
-        let statements = match how {
-            Statements::Batched => sql::batch(changes),
-            Statements::InOrder => changes.filter_map(sql::statement).collect(),
+        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        let sourced: Vec<Sourced<'_>> = group
+            .iter()
+            .flat_map(|t| {
+                t.rows.iter().map(|change| Sourced {
+                    change,
+                    origin: &t.origin.region,
+                    gtid: &t.origin.gtid,
+                    commit_us: t.commit_time_us,
+                })
+            })
+            .collect();
+        let ruled: Vec<bool> = sourced
+            .iter()
+            .map(|s| {
+                let rules = self.rules.as_ref();
+                rules.and_then(|(r, _)| r.policy(&s.change.db, &s.change.table)).is_some()
+            })
+            .collect();
+        let mut conflicts = Vec::new();
+        match how {
+            Statements::Batched => {
+                let plain = sourced.iter().zip(&ruled).filter(|(_, r)| !**r).map(|(s, _)| s.change);
+                self.run(sql::batch(plain)).await?;
+                // Per table, in the order the group first touches it.
+                let mut tables: Vec<((&str, &str), Vec<Sourced<'_>>)> = Vec::new();
+                for s in sourced.iter().zip(&ruled).filter(|(_, r)| **r).map(|(s, _)| *s) {
+                    let t = (s.change.db.as_str(), s.change.table.as_str());
+                    match tables.iter_mut().find(|(k, _)| *k == t) {
+                        Some((_, list)) => list.push(s),
+                        None => tables.push((t, vec![s])),
+                    }
+                }
+                for (_, changes) in tables {
+                    conflicts.extend(self.resolve(&changes, now_us).await?);
+                }
+            }
+            Statements::InOrder => {
+                for (s, governed) in sourced.iter().zip(ruled) {
+                    if governed {
+                        conflicts.extend(self.resolve(std::slice::from_ref(s), now_us).await?);
+                    } else {
+                        self.run(sql::statement(s.change)).await?;
+                    }
+                }
+            }
+        }
+        Ok(conflicts)
+    }
+
+    /// One governed table's changes (all of one table).
+    async fn resolve(&mut self, changes: &[Sourced<'_>], now_us: i64) -> Result<Vec<Recorded>, ApplyError> {
+        let (Some((rules, catalog)), Some(first)) = (self.rules.as_ref(), changes.first()) else {
+            return Ok(Vec::new());
         };
+        let Some(policy) = rules.policy(&first.change.db, &first.change.table) else { return Ok(Vec::new()) };
+        resolve::write_table(&mut self.conn, rules, catalog, policy, changes, now_us).await
+    }
+
+    async fn run(&mut self, statements: impl IntoIterator<Item = sql::Statement>) -> Result<(), ApplyError> {
         for statement in statements {
             let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
             self.conn

@@ -195,6 +195,7 @@ pub(crate) async fn capture_leg<S: RecordSink>(
         max_record_bytes: 512 * 1024,
         max_inflight_bytes: 64 * 1024 * 1024,
         filter: None,
+        tombstones: None,
     };
     let metrics = CaptureMetrics::default();
     let (progress, mut watcher) = watch::channel(Progress::default());

@@ -11,4 +11,5 @@ pub mod preflight;
 pub mod role;
 pub mod source;
 pub mod tail;
+pub mod tombstones;
 pub mod txn;

@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::generated::GeneratedColumns;
 use super::metrics::{CaptureMetrics, KindLabels};
 use super::source::{BinlogSource, SourceError};
+use super::tombstones::LocalTombstones;
 use super::txn::{AssembleError, Assembler, OriginFilter, Outcome, Step};
 use crate::config::Flavor;
 use crate::model::{Position, RowChange};
@@ -81,6 +82,8 @@ pub struct PipelineSettings {
     pub max_record_bytes: usize,
     pub max_inflight_bytes: usize,
     pub filter: RowFilter,
+    /// Record tombstones of local deletes of the tables these rules govern (`ferry run`).
+    pub tombstones: Option<Arc<crate::conflict::Rules>>,
 }
 
 struct Mark {
@@ -126,9 +129,10 @@ pub async fn run<S: RecordSink>(
     .await?;
     metrics.connected.set(1);
     tracing::info!(position = %start, "capture streaming");
+    let mut tombstones = settings.tombstones.clone().map(|rules| LocalTombstones::new(opts.clone(), rules));
     let mut generated = GeneratedColumns::new(opts);
-    let result =
-        stream(&mut source, &mut generated, settings, start, sink, progress, metrics, shutdown).await;
+    let mut local = Local { generated: &mut generated, tombstones: tombstones.as_mut() };
+    let result = stream(&mut source, &mut local, settings, start, sink, progress, metrics, shutdown).await;
     metrics.connected.set(0);
     result
 }
@@ -136,7 +140,7 @@ pub async fn run<S: RecordSink>(
 #[allow(clippy::too_many_arguments)] // one call site; the pieces are all distinct
 async fn stream<S: RecordSink>(
     source: &mut BinlogSource,
-    generated: &mut GeneratedColumns,
+    local: &mut Local<'_>,
     settings: &PipelineSettings,
     start: Position,
     sink: &mut S,
@@ -167,7 +171,7 @@ async fn stream<S: RecordSink>(
             Ok(s) => s,
             Err(e) => break Err(e.into()),
         };
-        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, generated, metrics).await {
+        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, local, metrics).await {
             break Err(e);
         }
     };
@@ -203,7 +207,7 @@ async fn handle_steps<S: RecordSink>(
     settings: &PipelineSettings,
     builder: &mut RecordBuilder,
     out: &mut Outbox<'_, S>,
-    generated: &mut GeneratedColumns,
+    local: &mut Local<'_>,
     metrics: &CaptureMetrics,
 ) -> Result<(), CaptureError> {
     for step in steps {
@@ -211,7 +215,10 @@ async fn handle_steps<S: RecordSink>(
             Step::Rows { header, rows } => {
                 for mut row in rows.into_iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
                     metrics.rows.inc();
-                    generated.mark(&mut row).await?;
+                    local.generated.mark(&mut row).await?;
+                    if let Some(t) = local.tombstones.as_deref_mut() {
+                        t.note(&row, header.commit_time_us);
+                    }
                     if let Some(record) = builder.push(&header, &row)? {
                         out.send(record, None).await?;
                     }
@@ -226,6 +233,12 @@ async fn handle_steps<S: RecordSink>(
                 };
                 metrics.transactions.get_or_create(&KindLabels { kind }).inc();
                 let counts = outcome != Outcome::Checkpoint;
+                if let Some(t) = local.tombstones.as_deref_mut() {
+                    match outcome {
+                        Outcome::Forwarded => t.flush().await?,
+                        _ => t.discard(),
+                    }
+                }
                 if outcome == Outcome::Forwarded && builder.has_rows_or_records() {
                     let mark = Mark { position, counts, commit_us: Some(header.commit_time_us) };
                     out.send(builder.finish(&header), Some(mark)).await?;
@@ -236,7 +249,7 @@ async fn handle_steps<S: RecordSink>(
             }
             Step::Statement { header, schema, query } => {
                 metrics.statements.inc();
-                generated.invalidate();
+                local.generated.invalidate();
                 let shown: String = query.chars().take(300).collect();
                 tracing::info!(
                     gtid = header.map(|h| h.gtid.to_string()).unwrap_or_default(),
@@ -248,6 +261,12 @@ async fn handle_steps<S: RecordSink>(
         }
     }
     Ok(())
+}
+
+/// What capture reads from and writes to the local primary besides the binlog.
+struct Local<'a> {
+    generated: &'a mut GeneratedColumns,
+    tombstones: Option<&'a mut LocalTombstones>,
 }
 
 struct Outbox<'a, S> {

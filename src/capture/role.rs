@@ -1,5 +1,6 @@
 //! The `capture` and `heartbeat` roles that `ferry run` starts when `capture` is configured.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use mysql_async::Conn;
@@ -13,6 +14,7 @@ use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
 use super::{checkpoint, preflight};
 use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{CaptureConfig, Config, MysqlConfig};
+use crate::conflict::Rules;
 use crate::model::Position;
 use crate::status::RoleState;
 use crate::transport::changes_topic;
@@ -29,6 +31,7 @@ pub struct CaptureRole {
     /// The other regions' primaries, for the AUTO_INCREMENT overlap warning.
     others: Vec<(String, MysqlConfig)>,
     metrics: CaptureMetrics,
+    rules: Arc<Rules>,
 }
 
 impl CaptureRole {
@@ -47,6 +50,7 @@ impl CaptureRole {
                 .map(|(name, r)| (name.clone(), r.mysql.clone()))
                 .collect(),
             metrics,
+            rules: Arc::new(Rules::from_config(config)),
         })
     }
 
@@ -60,6 +64,7 @@ impl CaptureRole {
             max_record_bytes: self.capture.max_record_bytes,
             max_inflight_bytes: self.capture.max_inflight_bytes,
             filter: None,
+            tombstones: Some(self.rules.clone()),
         }
     }
 

@@ -50,6 +50,7 @@ pub async fn run(
         max_record_bytes: 1024 * 1024,
         max_inflight_bytes: 4 * 1024 * 1024,
         filter,
+        tombstones: None,
     };
     let (progress, _watch) = watch::channel(Progress::default());
     let stop = CancellationToken::new();

@@ -20,6 +20,12 @@
 
 use std::fmt;
 
+mod num;
+mod rules;
+
+pub use num::Num;
+pub use rules::{Rules, TablePolicy, key_text, version_of, version_text};
+
 /// A write's place in the total order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
@@ -170,6 +176,12 @@ fn won(incoming: &Stamp, local: &Stamp, kind: Kind) -> (bool, Conflict) {
     let rule = if incoming.at_us == local.at_us { Rule::RegionOrder } else { Rule::LastWriteWins };
     let winner = if incoming_wins { Winner::Incoming } else { Winner::Local };
     (incoming_wins, Conflict { kind, winner, rule })
+}
+
+/// Decide a unique-key collision: an incoming row wants a unique value that another local row
+/// (the holder) has. The same total order decides; the loser is removed and logged.
+pub fn unique(incoming: &Stamp, holder: &Stamp) -> Conflict {
+    won(incoming, holder, Kind::UniqueKey).1
 }
 
 /// Decide one incoming change against the local state of its key.

@@ -106,6 +106,11 @@ pub const APPLY_DLQ: MetricName = m(
     Counter,
     "Records or transactions parked in the dead-letter queue (labels: origin, kind: decode, sequence, apply)",
 );
+pub const APPLY_CONFLICTS: MetricName = m(
+    "ferry_apply_conflicts",
+    Counter,
+    "Conflicts decided by the conflict rules, each also a row in ferry.conflicts (labels: table, kind: insert_insert, update_update, update_delete, delete_update, unique_key, clock_skew; resolution: incoming, local — which side's non-delta columns won)",
+);
 pub const APPLY_ERRORS: MetricName = m(
     "ferry_apply_errors",
     Counter,
@@ -158,6 +163,7 @@ pub const ALL: &[MetricName] = &[
     APPLY_ROWS,
     APPLY_DUPLICATES,
     APPLY_DLQ,
+    APPLY_CONFLICTS,
     APPLY_ERRORS,
     APPLY_LAG,
     APPLY_E2E_LAG,

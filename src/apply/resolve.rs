@@ -1,0 +1,939 @@
+//! Conflict-aware writes: how apply carries out `conflict::decide` for the tables the rules
+//! govern. Per table of a group:
+//!
+//! 1. read, locking, what the target holds for every key the group touches (version, image),
+//!    the keys' tombstones and last writers (`ferry.tombstones`, `ferry.row_origins`), and the
+//!    rows under other keys that hold unique values the group writes;
+//! 2. decide every change in origin order over that state in memory (`Plan::decide`, pure);
+//! 3. write each key's final state: deletes, upserts, upserts that add the delta columns,
+//!    delta-only updates, tombstones, row origins, and one `ferry.conflicts` row per conflict.
+//!
+//! Delta columns are summed exactly in Rust (`conflict::Num`) and added in SQL
+//! (`col = col + VALUES(col)`), so a concurrent decrement in another region is never lost.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Value as MyValue};
+
+use super::parallel::{KeyCatalog, values_of};
+use super::sql::{Statement, bind, quote};
+use super::target::ApplyError;
+use crate::conflict::{
+    self, Action, Conflict, Incoming, Kind, Local, Num, Rules, Stamp, TablePolicy, Winner, decide, key_text,
+    latest, skewed, version_of, version_text,
+};
+use crate::model::{Gtid, Op, Row, RowChange, Value};
+
+/// Keys per locking read.
+const READ_CHUNK: usize = 200;
+/// Rows per multi-row write.
+const WRITE_CHUNK: usize = 500;
+
+/// A change with where it came from.
+#[derive(Debug, Clone, Copy)]
+pub struct Sourced<'a> {
+    pub change: &'a RowChange,
+    pub origin: &'a str,
+    pub gtid: &'a Gtid,
+    pub commit_us: i64,
+}
+
+/// A conflict written to `ferry.conflicts` (counted once the group commits).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    pub table: String,
+    pub kind: Kind,
+    pub winner: Winner,
+}
+
+/// Apply the changes of one governed table (in origin order) inside the open transaction.
+pub async fn write_table(
+    conn: &mut Conn,
+    rules: &Rules,
+    catalog: &KeyCatalog,
+    policy: TablePolicy<'_>,
+    changes: &[Sourced<'_>],
+    now_us: i64,
+) -> Result<Vec<Recorded>, ApplyError> {
+    let Some(first) = changes.first() else { return Ok(Vec::new()) };
+    let (db, table) = (first.change.db.as_str(), first.change.table.as_str());
+    let items = items(rules, &policy, changes)?;
+    let has_version = changes.iter().any(|s| {
+        [&s.change.after, &s.change.before]
+            .into_iter()
+            .flatten()
+            .any(|i| i.get(policy.version_column).is_some())
+    });
+    let shape = Shape { db, table, policy, has_version };
+    let mut known = shape.read(conn, rules, &items).await?;
+    for (_, cols) in catalog.uniques(db, table) {
+        shape.read_holders(conn, rules, &items, cols, &mut known).await?;
+    }
+    let plan = Plan::decide(rules, &items, &known, now_us);
+    plan.write(conn, &shape, rules).await?;
+    let name = shape.name();
+    Ok(plan
+        .conflicts
+        .iter()
+        .map(|c| Recorded { table: name.clone(), kind: c.kind, winner: c.winner })
+        .collect())
+}
+
+/// One row change as the rules see it (an update that moves a row's primary key is a delete of
+/// the old key and an insert of the new one).
+struct Item<'a> {
+    source: Sourced<'a>,
+    op: conflict::Op,
+    key: String,
+    key_row: Row,
+    /// The columns written (inserts and updates; generated columns left out).
+    image: Option<Row>,
+    stamp: Stamp,
+    before_version: Option<i64>,
+    /// The version column of the image written.
+    after_version: Option<i64>,
+    /// `after − before` of each delta column (an insert: its values).
+    deltas: Vec<(String, Num)>,
+}
+
+impl Item<'_> {
+    /// The incoming image for the conflict log.
+    fn logged_image(&self) -> serde_json::Value {
+        let change = self.source.change;
+        let image = if self.op == conflict::Op::Delete { &change.before } else { &change.after };
+        serde_json::to_value(image).unwrap_or_default()
+    }
+}
+
+fn key_row(change: &RowChange, image: &Row) -> Row {
+    let cols: Vec<&str> = change.key.columns().collect();
+    Row(image.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect())
+}
+
+fn items<'a>(
+    rules: &Rules,
+    policy: &TablePolicy<'_>,
+    changes: &[Sourced<'a>],
+) -> Result<Vec<Item<'a>>, ApplyError> {
+    let mut out = Vec::with_capacity(changes.len());
+    for source in changes {
+        let change = source.change;
+        let stamp = rules.stamp(policy, change, source.origin, source.commit_us);
+        let before_version = change.before.as_ref().and_then(|b| version_of(b, policy.version_column));
+        let deltas = |before: Option<&Row>, after: &Row| -> Result<Vec<(String, Num)>, ApplyError> {
+            let num = |image: Option<&Row>, c: &str| match image.and_then(|i| i.get(c)) {
+                None => Some(Num::ZERO),
+                Some(v) => Num::of(v),
+            };
+            let mut out = Vec::new();
+            for c in policy.delta_columns.iter().filter(|c| after.get(c).is_some()) {
+                let delta = num(Some(after), c).zip(num(before, c)).and_then(|(a, b)| a.checked_sub(b));
+                let Some(delta) = delta else {
+                    return Err(ApplyError::Permanent(format!(
+                        "{}: delta column `{c}` holds a value that is not an exact number",
+                        change.qualified_table()
+                    )));
+                };
+                out.push((c.clone(), delta));
+            }
+            Ok(out)
+        };
+        let written = |image: &Row| {
+            Row(image.0.iter().filter(|(c, _)| !change.generated.contains(c)).cloned().collect())
+        };
+        let item = |op, image: &Row, written: Option<Row>, deltas| Item {
+            source: *source,
+            op,
+            key: key_text(change, image),
+            key_row: key_row(change, image),
+            after_version: written.as_ref().and_then(|w| version_of(w, policy.version_column)),
+            image: written,
+            stamp,
+            before_version,
+            deltas,
+        };
+        match (change.op, change.before.as_ref(), change.after.as_ref()) {
+            (Op::Insert, _, Some(after)) => {
+                out.push(item(conflict::Op::Insert, after, Some(written(after)), deltas(None, after)?))
+            }
+            (Op::Update, Some(before), Some(after))
+                if key_text(change, before) != key_text(change, after) =>
+            {
+                out.push(item(conflict::Op::Delete, before, None, Vec::new()));
+                let insert = item(conflict::Op::Insert, after, Some(written(after)), deltas(None, after)?);
+                out.push(Item { before_version: None, ..insert });
+            }
+            (Op::Update, Some(before), Some(after)) => out.push(item(
+                conflict::Op::Update,
+                after,
+                Some(written(after)),
+                deltas(Some(before), after)?,
+            )),
+            (Op::Delete, Some(before), _) => out.push(item(conflict::Op::Delete, before, None, Vec::new())),
+            _ => {
+                return Err(ApplyError::Permanent(format!(
+                    "{}: a {:?} without the images it needs",
+                    change.qualified_table(),
+                    change.op
+                )));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The table the statements address.
+struct Shape<'a> {
+    db: &'a str,
+    table: &'a str,
+    policy: TablePolicy<'a>,
+    has_version: bool,
+}
+
+/// What the target held before the group.
+#[derive(Default)]
+struct Known {
+    /// Live rows: key → (version, image for the conflict log).
+    rows: HashMap<String, (Option<i64>, serde_json::Value)>,
+    tombstones: HashMap<String, Stamp>,
+    /// key → stamp (version, writer) of the last write apply made.
+    origins: HashMap<String, Stamp>,
+    /// Per item index: rows under other keys holding a unique value the item writes.
+    holders: HashMap<usize, Vec<Holder>>,
+}
+
+/// A row that holds a unique value an incoming row wants.
+#[derive(Debug, Clone)]
+struct Holder {
+    /// The unique index's columns and values (to find and delete the row).
+    columns: Vec<String>,
+    values: Vec<Value>,
+    /// Its primary key as `ferry.row_origins` stores it, when it could be read back.
+    key: Option<String>,
+    version: Option<i64>,
+    image: serde_json::Value,
+}
+
+impl Holder {
+    fn id(&self) -> String {
+        format!("{:?}={}", self.columns, serde_json::to_string(&self.values).unwrap_or_default())
+    }
+}
+
+fn sql_error(context: &str, table: &str) -> impl FnOnce(mysql_async::Error) -> ApplyError {
+    let context = format!("{context} {table}");
+    move |e| ApplyError::from_sql(&context, e)
+}
+
+impl Shape<'_> {
+    fn table(&self) -> String {
+        format!("{}.{}", quote(self.db), quote(self.table))
+    }
+
+    fn name(&self) -> String {
+        format!("{}.{}", self.db, self.table)
+    }
+
+    fn version_expr(&self) -> String {
+        if self.has_version {
+            format!("CAST({} AS CHAR)", quote(self.policy.version_column))
+        } else {
+            "NULL".into()
+        }
+    }
+
+    async fn read(&self, conn: &mut Conn, rules: &Rules, items: &[Item<'_>]) -> Result<Known, ApplyError> {
+        let mut keys: Vec<(&str, &Row)> = Vec::new();
+        let mut seen = HashSet::new();
+        for item in items {
+            if seen.insert(item.key.as_str()) {
+                keys.push((&item.key, &item.key_row));
+            }
+        }
+        let mut known = Known::default();
+        let Some((_, first)) = keys.first() else { return Ok(known) };
+        let pk: Vec<String> = first.columns().map(str::to_string).collect();
+        for chunk in keys.chunks(READ_CHUNK) {
+            let tuples: Vec<Vec<MyValue>> = chunk.iter().map(|(_, k)| bound(k, &pk)).collect();
+            let (case, within, params) = match_tuples(&pk, &tuples);
+            let sql = format!(
+                "SELECT {case}, {}, t.* FROM {} AS t WHERE {within} FOR UPDATE",
+                self.version_expr(),
+                self.table()
+            );
+            let rows: Vec<mysql_async::Row> =
+                conn.exec(sql, params).await.map_err(sql_error("reading the rows of", &self.name()))?;
+            for row in rows {
+                let Some(i) = row.get::<Option<usize>, _>(0).flatten() else { continue };
+                let version = row.get::<Option<String>, _>(1).flatten();
+                let entry = (version.as_deref().and_then(version_text), image_json(&row, 2));
+                known.rows.insert(chunk[i].0.to_string(), entry);
+            }
+            let texts: Vec<&str> = chunk.iter().map(|(k, _)| *k).collect();
+            for (what, stamp_key) in read_marks(conn, rules, &self.name(), &texts).await? {
+                let (key, stamp) = stamp_key;
+                if what {
+                    known.tombstones.insert(key, stamp)
+                } else {
+                    known.origins.insert(key, stamp)
+                };
+            }
+        }
+        Ok(known)
+    }
+
+    /// Rows under other primary keys that hold the values of unique index `cols` that the
+    /// group's rows write.
+    async fn read_holders(
+        &self,
+        conn: &mut Conn,
+        rules: &Rules,
+        items: &[Item<'_>],
+        cols: &[String],
+        known: &mut Known,
+    ) -> Result<(), ApplyError> {
+        let group_keys: HashSet<&str> = items.iter().map(|i| i.key.as_str()).collect();
+        // Distinct value tuples, each with the items that write it.
+        let mut wanted: Vec<(Vec<Value>, Vec<usize>)> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(values) = item.image.as_ref().and_then(|image| values_of(image, cols)) else { continue };
+            let values: Vec<Value> = values.into_iter().cloned().collect();
+            let text = serde_json::to_string(&values).unwrap_or_default();
+            match index.get(&text) {
+                Some(&w) => wanted[w].1.push(i),
+                None => {
+                    index.insert(text, wanted.len());
+                    wanted.push((values, vec![i]));
+                }
+            }
+        }
+        let mut found: Vec<(usize, Holder)> = Vec::new();
+        for chunk in wanted.chunks(READ_CHUNK) {
+            let tuples: Vec<Vec<MyValue>> = chunk.iter().map(|(v, _)| v.iter().map(bind).collect()).collect();
+            let (case, within, params) = match_tuples(cols, &tuples);
+            let sql = format!(
+                "SELECT {case}, {}, t.* FROM {} AS t WHERE {within} FOR UPDATE",
+                self.version_expr(),
+                self.table()
+            );
+            let rows: Vec<mysql_async::Row> =
+                conn.exec(sql, params).await.map_err(sql_error("reading unique values of", &self.name()))?;
+            for row in rows {
+                let Some(w) = row.get::<Option<usize>, _>(0).flatten() else { continue };
+                let (values, writers) = &chunk[w];
+                let template = &items[writers[0]].key_row;
+                let key = holder_key(template, &row, items[writers[0]].source.change);
+                // The row itself, or a row this group writes too (its own change decides).
+                if key.as_deref().is_some_and(|k| group_keys.contains(k)) {
+                    continue;
+                }
+                let version = row.get::<Option<String>, _>(1).flatten().as_deref().and_then(version_text);
+                let holder = Holder {
+                    columns: cols.to_vec(),
+                    values: values.clone(),
+                    key,
+                    version,
+                    image: image_json(&row, 2),
+                };
+                for &i in writers {
+                    found.push((i, holder.clone()));
+                }
+            }
+        }
+        let keys: Vec<&str> = found.iter().filter_map(|(_, h)| h.key.as_deref()).collect();
+        if !keys.is_empty() {
+            for (what, (key, stamp)) in read_marks(conn, rules, &self.name(), &keys).await? {
+                if !what {
+                    known.origins.insert(key, stamp);
+                }
+            }
+        }
+        for (i, holder) in found {
+            known.holders.entry(i).or_default().push(holder);
+        }
+        Ok(())
+    }
+}
+
+/// The values of `cols` in `row`, bound.
+fn bound(row: &Row, cols: &[String]) -> Vec<MyValue> {
+    cols.iter().map(|c| row.get(c).map(bind).unwrap_or(MyValue::NULL)).collect()
+}
+
+/// `CASE WHEN (cols) = (?) THEN 0 … END` (which tuple a row matched) and `(cols) IN ((?), …)`,
+/// with their parameters.
+fn match_tuples(cols: &[String], tuples: &[Vec<MyValue>]) -> (String, String, Vec<MyValue>) {
+    let names = format!("({})", cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
+    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    let whens: Vec<String> = (0..tuples.len()).map(|i| format!("WHEN {names} = {tuple} THEN {i}")).collect();
+    let mut params: Vec<MyValue> = tuples.iter().flatten().cloned().collect();
+    params.extend(tuples.iter().flatten().cloned());
+    (
+        format!("CASE {} END", whens.join(" ")),
+        format!("{names} IN ({})", vec![tuple.as_str(); tuples.len()].join(", ")),
+        params,
+    )
+}
+
+/// Tombstones (`true`) and row origins (`false`) of `keys`.
+async fn read_marks(
+    conn: &mut Conn,
+    rules: &Rules,
+    table: &str,
+    keys: &[&str],
+) -> Result<Vec<(bool, (String, Stamp))>, ApplyError> {
+    let marks = vec!["?"; keys.len()].join(", ");
+    let mut params: Vec<MyValue> = Vec::new();
+    for _ in 0..2 {
+        params.push(table.into());
+        params.extend(keys.iter().map(|k| MyValue::from(*k)));
+    }
+    let sql = format!(
+        "SELECT 1, row_key, version_us, origin FROM ferry.tombstones WHERE table_name = ? AND row_key IN ({marks}) \
+         UNION ALL SELECT 0, row_key, version_us, origin FROM ferry.row_origins WHERE table_name = ? AND row_key IN ({marks})"
+    );
+    let rows: Vec<(u8, Vec<u8>, i64, String)> =
+        conn.exec(sql, params).await.map_err(sql_error("reading tombstones and row origins of", table))?;
+    Ok(rows
+        .into_iter()
+        .map(|(what, key, at_us, origin)| {
+            (
+                what == 1,
+                (String::from_utf8_lossy(&key).into_owned(), Stamp { at_us, rank: rules.rank(&origin) }),
+            )
+        })
+        .collect())
+}
+
+/// The primary key of a row read back, in the form `key_text` gives, using an incoming key
+/// of the same table as the template for each value's type. None if a value has no exact
+/// counterpart (the holder's writer then counts as this region).
+fn holder_key(template: &Row, row: &mysql_async::Row, change: &RowChange) -> Option<String> {
+    let mut key = Vec::new();
+    for (col, like) in &template.0 {
+        let i = row.columns_ref().iter().skip(2).position(|c| c.name_str() == col.as_str())? + 2;
+        let got = row.as_ref(i)?;
+        key.push((col.clone(), same_type(like, got)?));
+    }
+    let key = Row(key);
+    Some(key_text(change, &key))
+}
+
+/// `got` as a value of the same type as `like`.
+fn same_type(like: &Value, got: &MyValue) -> Option<Value> {
+    let text = || match got {
+        MyValue::Bytes(b) => String::from_utf8(b.clone()).ok(),
+        MyValue::Int(i) => Some(i.to_string()),
+        MyValue::UInt(u) => Some(u.to_string()),
+        _ => None,
+    };
+    Some(match like {
+        Value::Int { .. } => Value::Int { v: text()?.parse().ok()? },
+        Value::Uint { .. } => Value::Uint { v: text()?.parse().ok()? },
+        Value::Text { .. } => Value::Text { v: text()? },
+        Value::Decimal { .. } => Value::Decimal { v: text()? },
+        Value::Enum { .. } => Value::Enum { v: text()? },
+        Value::Bytes { .. } => match got {
+            MyValue::Bytes(b) => Value::Bytes { v: b.clone() },
+            _ => return None,
+        },
+        _ => return None,
+    })
+}
+
+/// The columns of a row read back, from `skip` on, as JSON (for the conflict log).
+fn image_json(row: &mysql_async::Row, skip: usize) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for (i, col) in row.columns_ref().iter().enumerate().skip(skip) {
+        let value = match row.as_ref(i) {
+            None | Some(MyValue::NULL) => serde_json::Value::Null,
+            Some(MyValue::Int(v)) => (*v).into(),
+            Some(MyValue::UInt(v)) => (*v).into(),
+            Some(MyValue::Float(v)) => f64::from(*v).into(),
+            Some(MyValue::Double(v)) => (*v).into(),
+            Some(MyValue::Bytes(b)) => match std::str::from_utf8(b) {
+                Ok(s) => s.into(),
+                Err(_) => serde_json::json!({ "base64": crate::model::base64::encode(b) }),
+            },
+            Some(other) => other.as_sql(true).trim_matches('\'').into(),
+        };
+        map.insert(col.name_str().into_owned(), value);
+    }
+    serde_json::Value::Object(map)
+}
+
+/// The stamp of a live local row: its version, and the region apply wrote it from if that
+/// write is still what it holds (else this region, `here`, wrote it). Without a version (no
+/// version column) only the last write apply made is known; a row written here counts as
+/// oldest.
+fn local_stamp(here: u32, version: Option<i64>, origin: Option<&Stamp>) -> Stamp {
+    match (version, origin) {
+        (Some(v), Some(o)) if o.at_us == v => *o,
+        (Some(v), _) => Stamp { at_us: v, rank: here },
+        (None, Some(o)) => *o,
+        (None, None) => Stamp { at_us: i64::MIN, rank: here },
+    }
+}
+
+/// What a key ends as after the group.
+#[derive(Debug, Clone)]
+enum Effect {
+    /// Untouched.
+    None,
+    Deleted,
+    /// Written as this image (delta columns hold their final values).
+    Absolute(Row),
+    /// An existing row: its non-delta columns become `image` (if any), its delta columns
+    /// grow by `deltas`.
+    Relative {
+        image: Option<Row>,
+        deltas: BTreeMap<String, Num>,
+    },
+}
+
+struct KeyState {
+    key_row: Row,
+    local: Local,
+    tombstone: Option<Stamp>,
+    initial_tombstone: Option<Stamp>,
+    existed: bool,
+    effect: Effect,
+    /// The local row as the conflict log shows it.
+    image: serde_json::Value,
+}
+
+/// One `ferry.conflicts` row.
+struct Logged {
+    key: String,
+    kind: Kind,
+    rule: conflict::Rule,
+    winner: Winner,
+    local_version: Option<i64>,
+    incoming_version: i64,
+    local_image: serde_json::Value,
+    incoming_image: serde_json::Value,
+    origin: String,
+    gtid: String,
+}
+
+/// Everything a table's part of the group writes.
+#[derive(Default)]
+struct Plan {
+    /// Rows that lost a unique-key conflict: (index columns, values).
+    evicted: Vec<(Vec<String>, Vec<Value>)>,
+    states: Vec<(String, KeyState)>,
+    conflicts: Vec<Logged>,
+}
+
+fn add_deltas(acc: &mut BTreeMap<String, Num>, deltas: &[(String, Num)]) {
+    for (c, d) in deltas {
+        let sum = acc.get(c).copied().unwrap_or(Num::ZERO).checked_add(*d).unwrap_or(*d);
+        acc.insert(c.clone(), sum);
+    }
+}
+
+/// `image` with each delta column set to `base`'s value plus the delta.
+fn absolute(image: &Row, base: &Row, deltas: &[(String, Num)]) -> Row {
+    let mut out = image.clone();
+    for (c, d) in deltas {
+        let start = base.get(c).and_then(Num::of).unwrap_or(Num::ZERO);
+        if let (Some(sum), Some(slot)) = (start.checked_add(*d), out.0.iter_mut().find(|(name, _)| name == c))
+        {
+            slot.1 = sum.to_value();
+        }
+    }
+    out
+}
+
+impl Plan {
+    fn decide(rules: &Rules, items: &[Item<'_>], known: &Known, now_us: i64) -> Plan {
+        let mut plan = Plan::default();
+        let mut at: HashMap<String, usize> = HashMap::new();
+        let mut evicted: HashSet<String> = HashSet::new();
+        let here = rules.rank(&rules.region);
+        for (i, item) in items.iter().enumerate() {
+            let s = *at.entry(item.key.clone()).or_insert_with(|| {
+                let state = match known.rows.get(&item.key) {
+                    Some((version, image)) => {
+                        let stamp = local_stamp(here, *version, known.origins.get(&item.key));
+                        KeyState {
+                            key_row: item.key_row.clone(),
+                            local: Local::Row { stamp, version_us: *version },
+                            tombstone: known.tombstones.get(&item.key).copied(),
+                            initial_tombstone: known.tombstones.get(&item.key).copied(),
+                            existed: true,
+                            effect: Effect::None,
+                            image: image.clone(),
+                        }
+                    }
+                    None => {
+                        let tombstone = known.tombstones.get(&item.key).copied();
+                        KeyState {
+                            key_row: item.key_row.clone(),
+                            local: Local::Gone { tombstone },
+                            tombstone,
+                            initial_tombstone: tombstone,
+                            existed: false,
+                            effect: Effect::None,
+                            image: serde_json::Value::Null,
+                        }
+                    }
+                };
+                plan.states.push((item.key.clone(), state));
+                plan.states.len() - 1
+            });
+            let state = &mut plan.states[s].1;
+            let incoming =
+                Incoming { op: item.op, stamp: item.stamp, before_version_us: item.before_version };
+            let decision = decide(state.local, incoming);
+            let log = |kind: Kind,
+                       conflict: Conflict,
+                       local_version: Option<i64>,
+                       local_image: serde_json::Value| Logged {
+                key: item.key.clone(),
+                kind,
+                rule: conflict.rule,
+                winner: conflict.winner,
+                local_version,
+                incoming_version: item.stamp.at_us,
+                local_image,
+                incoming_image: item.logged_image(),
+                origin: item.source.origin.to_string(),
+                gtid: item.source.gtid.to_string(),
+            };
+            let local_version = match state.local {
+                Local::Row { stamp, .. } => Some(stamp.at_us).filter(|v| *v != i64::MIN),
+                Local::Gone { tombstone } => tombstone.map(|t| t.at_us),
+            };
+            let local_image = match state.local {
+                Local::Row { .. } => state.image.clone(),
+                Local::Gone { tombstone: Some(t) } => {
+                    serde_json::json!({ "tombstone": { "version_us": t.at_us, "origin": rules.region_at(t.rank) } })
+                }
+                Local::Gone { tombstone: None } => serde_json::Value::Null,
+            };
+            if let Some(c) = decision.conflict {
+                plan.conflicts.push(log(c.kind, c, local_version, local_image.clone()));
+            }
+            if skewed(&item.stamp, now_us, rules.max_skew_us) {
+                let c = decision.conflict.unwrap_or(Conflict {
+                    kind: Kind::ClockSkew,
+                    winner: if decision.action == Action::Keep { Winner::Local } else { Winner::Incoming },
+                    rule: conflict::Rule::LastWriteWins,
+                });
+                plan.conflicts.push(log(Kind::ClockSkew, c, local_version, local_image));
+            }
+            let mut action = decision.action;
+            // Unique values held by other rows: the same order decides; the loser goes.
+            if matches!(action, Action::Overwrite | Action::Insert) {
+                for holder in known.holders.get(&i).into_iter().flatten() {
+                    if evicted.contains(&holder.id()) {
+                        continue;
+                    }
+                    let origin = holder.key.as_ref().and_then(|k| known.origins.get(k));
+                    let stamp = local_stamp(here, holder.version, origin);
+                    let c = conflict::unique(&item.stamp, &stamp);
+                    plan.conflicts.push(log(Kind::UniqueKey, c, holder.version, holder.image.clone()));
+                    if c.winner == Winner::Incoming {
+                        evicted.insert(holder.id());
+                        plan.evicted.push((holder.columns.clone(), holder.values.clone()));
+                    } else {
+                        action = Action::Keep;
+                        if matches!(state.local, Local::Row { .. }) {
+                            // The row loses everywhere: where it came from, this value's holder
+                            // replaces it too.
+                            state.effect = Effect::Deleted;
+                            state.local = Local::Gone { tombstone: state.tombstone };
+                        }
+                        break;
+                    }
+                }
+            }
+            match action {
+                Action::Overwrite => {
+                    let image = item.image.clone().unwrap_or_default();
+                    state.effect = match std::mem::replace(&mut state.effect, Effect::None) {
+                        Effect::Absolute(base) => Effect::Absolute(absolute(&image, &base, &item.deltas)),
+                        Effect::Relative { mut deltas, .. } => {
+                            add_deltas(&mut deltas, &item.deltas);
+                            Effect::Relative { image: Some(image.clone()), deltas }
+                        }
+                        Effect::None | Effect::Deleted => {
+                            let mut deltas = BTreeMap::new();
+                            add_deltas(&mut deltas, &item.deltas);
+                            Effect::Relative { image: Some(image.clone()), deltas }
+                        }
+                    };
+                    state.local = Local::Row { stamp: item.stamp, version_us: item.after_version };
+                    state.image = serde_json::to_value(&image).unwrap_or_default();
+                }
+                Action::Insert => {
+                    let image = item.image.clone().unwrap_or_default();
+                    state.image = serde_json::to_value(&image).unwrap_or_default();
+                    state.effect = Effect::Absolute(image);
+                    state.local = Local::Row { stamp: item.stamp, version_us: item.after_version };
+                    state.tombstone = None;
+                }
+                Action::AddDelta => {
+                    state.effect = match std::mem::replace(&mut state.effect, Effect::None) {
+                        Effect::Absolute(base) => Effect::Absolute(absolute(&base, &base, &item.deltas)),
+                        Effect::Relative { image, mut deltas } => {
+                            add_deltas(&mut deltas, &item.deltas);
+                            Effect::Relative { image, deltas }
+                        }
+                        Effect::None | Effect::Deleted => {
+                            let mut deltas = BTreeMap::new();
+                            add_deltas(&mut deltas, &item.deltas);
+                            Effect::Relative { image: None, deltas }
+                        }
+                    };
+                }
+                Action::Delete | Action::Tombstone => {
+                    if action == Action::Delete {
+                        state.effect = Effect::Deleted;
+                    }
+                    state.tombstone = Some(latest(state.tombstone, item.stamp));
+                    state.local = Local::Gone { tombstone: state.tombstone };
+                }
+                Action::Keep => {}
+            }
+        }
+        plan
+    }
+}
+
+/// One row of a multi-row insert: a placeholder and a bound value per column.
+type Tuple = Vec<(&'static str, MyValue)>;
+/// The columns of an upsert, and whether its delta columns add.
+type UpsertShape = (Vec<String>, bool);
+
+/// `INSERT INTO … (cols) VALUES (…), … <tail>`, `WRITE_CHUNK` rows per statement.
+fn inserts(into: &str, cols: &[String], rows: Vec<Tuple>, tail: &str) -> Vec<Statement> {
+    let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+    rows.chunks(WRITE_CHUNK)
+        .map(|chunk| {
+            let tuples: Vec<String> = chunk
+                .iter()
+                .map(|row| format!("({})", row.iter().map(|(m, _)| *m).collect::<Vec<_>>().join(", ")))
+                .collect();
+            Statement {
+                sql: format!("INSERT INTO {into} ({}) VALUES {}{tail}", names.join(", "), tuples.join(", ")),
+                params: chunk.iter().flatten().map(|(_, v)| v.clone()).collect(),
+            }
+        })
+        .collect()
+}
+
+/// `DELETE FROM … WHERE (cols) IN (…)`, `WRITE_CHUNK` rows per statement.
+fn deletes(from: &str, cols: &[String], rows: Vec<Vec<MyValue>>) -> Vec<Statement> {
+    let names = format!("({})", cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
+    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    rows.chunks(WRITE_CHUNK)
+        .map(|chunk| Statement {
+            sql: format!(
+                "DELETE FROM {from} WHERE {names} IN ({})",
+                vec![tuple.as_str(); chunk.len()].join(", ")
+            ),
+            params: chunk.iter().flatten().cloned().collect(),
+        })
+        .collect()
+}
+
+fn typed(v: &Value) -> (&'static str, MyValue) {
+    (super::sql::placeholder(v), bind(v))
+}
+
+fn text(v: impl Into<String>) -> (&'static str, MyValue) {
+    ("?", MyValue::Bytes(v.into().into_bytes()))
+}
+
+fn json(v: &serde_json::Value) -> (&'static str, MyValue) {
+    if v.is_null() {
+        ("?", MyValue::NULL)
+    } else {
+        ("CONVERT(? USING utf8mb4)", MyValue::Bytes(v.to_string().into_bytes()))
+    }
+}
+
+impl Plan {
+    fn statements(&self, shape: &Shape<'_>, rules: &Rules) -> Vec<Statement> {
+        let table = shape.table();
+        let name = shape.name();
+        let mut out = Vec::new();
+        // Rows that lost a unique-key conflict, by index.
+        let mut evicted: Vec<(&Vec<String>, Vec<Vec<MyValue>>)> = Vec::new();
+        for (cols, values) in &self.evicted {
+            let tuple: Vec<MyValue> = values.iter().map(bind).collect();
+            match evicted.iter_mut().find(|(c, _)| *c == cols) {
+                Some((_, rows)) => rows.push(tuple),
+                None => evicted.push((cols, vec![tuple])),
+            }
+        }
+        for (cols, rows) in evicted {
+            out.extend(deletes(&table, cols, rows));
+        }
+        let pk: Vec<String> = match self.states.first() {
+            Some((_, s)) => s.key_row.columns().map(str::to_string).collect(),
+            None => return out,
+        };
+        let gone: Vec<Vec<MyValue>> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.existed && matches!(s.effect, Effect::Deleted))
+            .map(|(_, s)| bound(&s.key_row, &pk))
+            .collect();
+        out.extend(deletes(&table, &pk, gone));
+
+        // Upserts, per column set: absolute images, and images whose delta columns add.
+        // ((columns, delta columns add), rows)
+        let mut shapes: Vec<(UpsertShape, Vec<Tuple>)> = Vec::new();
+        let mut add = |cols: Vec<String>, merge: bool, tuple: Tuple| match shapes
+            .iter_mut()
+            .find(|(k, _)| k.0 == cols && k.1 == merge)
+        {
+            Some((_, rows)) => rows.push(tuple),
+            None => shapes.push(((cols, merge), vec![tuple])),
+        };
+        let mut bumps = Vec::new();
+        for (_, s) in &self.states {
+            match &s.effect {
+                Effect::Absolute(image) => add(
+                    image.columns().map(str::to_string).collect(),
+                    false,
+                    image.0.iter().map(|(_, v)| typed(v)).collect(),
+                ),
+                Effect::Relative { image: Some(image), deltas } => {
+                    let tuple = image
+                        .0
+                        .iter()
+                        .map(|(c, v)| match shape.policy.is_delta(c) {
+                            true => typed(&deltas.get(c).copied().unwrap_or(Num::ZERO).to_value()),
+                            false => typed(v),
+                        })
+                        .collect();
+                    add(image.columns().map(str::to_string).collect(), true, tuple)
+                }
+                Effect::Relative { image: None, deltas } if deltas.values().any(|d| !d.is_zero()) => {
+                    let mut sets: Vec<String> =
+                        deltas.keys().map(|c| format!("{0} = {0} + ?", quote(c))).collect();
+                    let mut params: Vec<MyValue> = deltas.values().map(|d| bind(&d.to_value())).collect();
+                    if shape.has_version {
+                        // Keep the version: `ON UPDATE CURRENT_TIMESTAMP` would move it.
+                        sets.push(format!("{0} = {0}", quote(shape.policy.version_column)));
+                    }
+                    let cond: Vec<String> = pk.iter().map(|c| format!("{} <=> ?", quote(c))).collect();
+                    params.extend(bound(&s.key_row, &pk));
+                    bumps.push(Statement {
+                        sql: format!("UPDATE {table} SET {} WHERE {}", sets.join(", "), cond.join(" AND ")),
+                        params,
+                    });
+                }
+                _ => {}
+            }
+        }
+        for ((cols, merge), rows) in shapes {
+            let updates: Vec<String> = cols
+                .iter()
+                .map(|c| match merge && shape.policy.is_delta(c) {
+                    true => format!("{0} = {0} + VALUES({0})", quote(c)),
+                    false => format!("{0} = VALUES({0})", quote(c)),
+                })
+                .collect();
+            out.extend(inserts(
+                &table,
+                &cols,
+                rows,
+                &format!(" ON DUPLICATE KEY UPDATE {}", updates.join(", ")),
+            ));
+        }
+        out.extend(bumps);
+
+        // Tombstones and row origins.
+        let marks = |cols: &[&str]| cols.iter().map(|c| c.to_string()).collect::<Vec<_>>();
+        let stamp_row = |key: &str, stamp: &Stamp| -> Tuple {
+            vec![
+                text(name.clone()),
+                text(key),
+                ("?", MyValue::Int(stamp.at_us)),
+                text(rules.region_at(stamp.rank)),
+            ]
+        };
+        let mark_cols = marks(&["table_name", "row_key", "version_us", "origin"]);
+        let upsert_mark =
+            " ON DUPLICATE KEY UPDATE version_us = VALUES(version_us), origin = VALUES(origin)".to_string();
+        let put: Vec<Tuple> = self
+            .states
+            .iter()
+            .filter_map(|(k, s)| {
+                s.tombstone.filter(|t| Some(*t) != s.initial_tombstone).map(|t| stamp_row(k, &t))
+            })
+            .collect();
+        out.extend(inserts("ferry.tombstones", &mark_cols, put, &upsert_mark));
+        let cleared: Vec<Vec<MyValue>> = self
+            .states
+            .iter()
+            .filter(|(_, s)| s.tombstone.is_none() && s.initial_tombstone.is_some())
+            .map(|(k, _)| vec![MyValue::from(name.as_str()), MyValue::Bytes(k.clone().into_bytes())])
+            .collect();
+        out.extend(deletes("ferry.tombstones", &marks(&["table_name", "row_key"]), cleared));
+        let origins: Vec<Tuple> = self
+            .states
+            .iter()
+            .filter(|(_, s)| {
+                matches!(s.effect, Effect::Absolute(_) | Effect::Relative { image: Some(_), .. })
+            })
+            .filter_map(|(k, s)| match s.local {
+                Local::Row { stamp, .. } => Some(stamp_row(k, &stamp)),
+                Local::Gone { .. } => None,
+            })
+            .collect();
+        out.extend(inserts("ferry.row_origins", &mark_cols, origins, &upsert_mark));
+
+        let logged: Vec<Tuple> = self
+            .conflicts
+            .iter()
+            .map(|c| {
+                vec![
+                    text(name.clone()),
+                    text(c.key.clone()),
+                    text(c.kind.as_str()),
+                    text(c.rule.as_str()),
+                    text(c.winner.as_str()),
+                    ("?", c.local_version.map(MyValue::Int).unwrap_or(MyValue::NULL)),
+                    ("?", MyValue::Int(c.incoming_version)),
+                    json(&c.local_image),
+                    json(&c.incoming_image),
+                    text(c.origin.clone()),
+                    text(c.gtid.clone()),
+                ]
+            })
+            .collect();
+        let log_cols = marks(&[
+            "table_name",
+            "row_key",
+            "kind",
+            "rule",
+            "winner",
+            "local_version_us",
+            "incoming_version_us",
+            "local_image",
+            "incoming_image",
+            "origin",
+            "origin_gtid",
+        ]);
+        out.extend(inserts("ferry.conflicts", &log_cols, logged, ""));
+        out
+    }
+
+    async fn write(&self, conn: &mut Conn, shape: &Shape<'_>, rules: &Rules) -> Result<(), ApplyError> {
+        for statement in self.statements(shape, rules) {
+            let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
+            conn.exec_drop(&statement.sql, statement.params)
+                .await
+                .map_err(|e| ApplyError::from_sql(&context, e))?;
+        }
+        Ok(())
+    }
+}
