@@ -65,7 +65,10 @@ pub async fn write_table(
             .flatten()
             .any(|i| i.get(policy.version_column).is_some())
     });
-    let shape = Shape { db, table, policy, has_version };
+    // Who wrote a local row only matters with three or more regions or without a version
+    // column (see `Rules::track_writers`).
+    let origins = rules.track_writers() || !has_version;
+    let shape = Shape { db, table, policy, has_version, origins };
     let mut known = shape.read(conn, rules, &items).await?;
     for (_, cols) in catalog.uniques(db, table) {
         shape.read_holders(conn, rules, &items, cols, &mut known).await?;
@@ -189,6 +192,8 @@ struct Shape<'a> {
     table: &'a str,
     policy: TablePolicy<'a>,
     has_version: bool,
+    /// Read and write `ferry.row_origins`.
+    origins: bool,
 }
 
 /// What the target held before the group.
@@ -243,6 +248,50 @@ impl Shape<'_> {
         }
     }
 
+    /// The rows whose `cols` hold one of `tuples`, each with the index of its tuple; columns
+    /// from 2 on are the row's (0: the index, 1: the version as text). The rows found are
+    /// then read again, locked, so nothing changes them before the group commits. Only rows
+    /// that exist are locked: a locking read of an absent key in InnoDB waits for whoever
+    /// holds the next key, which may be a later group waiting for this one to commit.
+    async fn fetch(
+        &self,
+        conn: &mut Conn,
+        cols: &[String],
+        tuples: &[Vec<MyValue>],
+        context: &str,
+    ) -> Result<Vec<(usize, mysql_async::Row)>, ApplyError> {
+        let select = |tuples: &[Vec<MyValue>], lock: &str| {
+            let (case, within, params) = match_tuples(cols, tuples);
+            let sql = format!(
+                "SELECT {case}, {}, t.* FROM {} AS t WHERE {within}{lock}",
+                self.version_expr(),
+                self.table()
+            );
+            (sql, params)
+        };
+        let (sql, params) = select(&padded(tuples), "");
+        let rows: Vec<mysql_async::Row> =
+            conn.exec(sql, params).await.map_err(sql_error(context, &self.name()))?;
+        let mut found: Vec<usize> =
+            rows.iter().filter_map(|r| r.get::<Option<usize>, _>(0).flatten()).collect();
+        found.sort_unstable();
+        found.dedup();
+        if found.is_empty() {
+            return Ok(Vec::new());
+        }
+        let present: Vec<Vec<MyValue>> = found.iter().map(|&i| tuples[i].clone()).collect();
+        let (sql, params) = select(&padded(&present), " FOR UPDATE");
+        let rows: Vec<mysql_async::Row> =
+            conn.exec(sql, params).await.map_err(sql_error(context, &self.name()))?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|r| {
+                let j = r.get::<Option<usize>, _>(0).flatten()?;
+                Some((*found.get(j)?, r))
+            })
+            .collect())
+    }
+
     async fn read(&self, conn: &mut Conn, rules: &Rules, items: &[Item<'_>]) -> Result<Known, ApplyError> {
         let mut keys: Vec<(&str, &Row)> = Vec::new();
         let mut seen = HashSet::new();
@@ -256,22 +305,13 @@ impl Shape<'_> {
         let pk: Vec<String> = first.columns().map(str::to_string).collect();
         for chunk in keys.chunks(READ_CHUNK) {
             let tuples: Vec<Vec<MyValue>> = chunk.iter().map(|(_, k)| bound(k, &pk)).collect();
-            let (case, within, params) = match_tuples(&pk, &tuples);
-            let sql = format!(
-                "SELECT {case}, {}, t.* FROM {} AS t WHERE {within} FOR UPDATE",
-                self.version_expr(),
-                self.table()
-            );
-            let rows: Vec<mysql_async::Row> =
-                conn.exec(sql, params).await.map_err(sql_error("reading the rows of", &self.name()))?;
-            for row in rows {
-                let Some(i) = row.get::<Option<usize>, _>(0).flatten() else { continue };
+            for (i, row) in self.fetch(conn, &pk, &tuples, "reading the rows of").await? {
                 let version = row.get::<Option<String>, _>(1).flatten();
                 let entry = (version.as_deref().and_then(version_text), image_json(&row, 2));
                 known.rows.insert(chunk[i].0.to_string(), entry);
             }
             let texts: Vec<&str> = chunk.iter().map(|(k, _)| *k).collect();
-            for (what, stamp_key) in read_marks(conn, rules, &self.name(), &texts).await? {
+            for (what, stamp_key) in read_marks(conn, rules, &self.name(), &texts, self.origins).await? {
                 let (key, stamp) = stamp_key;
                 if what {
                     known.tombstones.insert(key, stamp)
@@ -312,16 +352,7 @@ impl Shape<'_> {
         let mut found: Vec<(usize, Holder)> = Vec::new();
         for chunk in wanted.chunks(READ_CHUNK) {
             let tuples: Vec<Vec<MyValue>> = chunk.iter().map(|(v, _)| v.iter().map(bind).collect()).collect();
-            let (case, within, params) = match_tuples(cols, &tuples);
-            let sql = format!(
-                "SELECT {case}, {}, t.* FROM {} AS t WHERE {within} FOR UPDATE",
-                self.version_expr(),
-                self.table()
-            );
-            let rows: Vec<mysql_async::Row> =
-                conn.exec(sql, params).await.map_err(sql_error("reading unique values of", &self.name()))?;
-            for row in rows {
-                let Some(w) = row.get::<Option<usize>, _>(0).flatten() else { continue };
+            for (w, row) in self.fetch(conn, cols, &tuples, "reading unique values of").await? {
                 let (values, writers) = &chunk[w];
                 let template = &items[writers[0]].key_row;
                 let key = holder_key(template, &row, items[writers[0]].source.change);
@@ -343,8 +374,8 @@ impl Shape<'_> {
             }
         }
         let keys: Vec<&str> = found.iter().filter_map(|(_, h)| h.key.as_deref()).collect();
-        if !keys.is_empty() {
-            for (what, (key, stamp)) in read_marks(conn, rules, &self.name(), &keys).await? {
+        if !keys.is_empty() && self.origins {
+            for (what, (key, stamp)) in read_marks(conn, rules, &self.name(), &keys, true).await? {
                 if !what {
                     known.origins.insert(key, stamp);
                 }
@@ -362,38 +393,63 @@ fn bound(row: &Row, cols: &[String]) -> Vec<MyValue> {
     cols.iter().map(|c| row.get(c).map(bind).unwrap_or(MyValue::NULL)).collect()
 }
 
-/// `CASE WHEN (cols) = (?) THEN 0 … END` (which tuple a row matched) and `(cols) IN ((?), …)`,
-/// with their parameters.
-fn match_tuples(cols: &[String], tuples: &[Vec<MyValue>]) -> (String, String, Vec<MyValue>) {
-    let names = format!("({})", cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
-    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
-    let whens: Vec<String> = (0..tuples.len()).map(|i| format!("WHEN {names} = {tuple} THEN {i}")).collect();
-    let mut params: Vec<MyValue> = tuples.iter().flatten().cloned().collect();
-    params.extend(tuples.iter().flatten().cloned());
-    (
-        format!("CASE {} END", whens.join(" ")),
-        format!("{names} IN ({})", vec![tuple.as_str(); tuples.len()].join(", ")),
-        params,
-    )
+/// `list` grown to the next power of two (at most `READ_CHUNK`) by repeating its last entry,
+/// so that reads of similar size share one prepared statement (the connection caches them by
+/// text). A repeated tuple finds nothing new, and `CASE` names its first occurrence.
+fn padded<T: Clone>(list: &[T]) -> Vec<T> {
+    let want = list.len().next_power_of_two().min(READ_CHUNK.max(list.len()));
+    let mut out = list.to_vec();
+    if let Some(last) = list.last() {
+        out.resize(want, last.clone());
+    }
+    out
 }
 
-/// Tombstones (`true`) and row origins (`false`) of `keys`.
+/// `CASE WHEN … THEN 0 … END` (which tuple a row matched) and the condition that finds the
+/// rows of `tuples`, with their parameters. The condition is `col IN (?, …)` for one column and
+/// `(a = ? AND b = ?) OR …` for several, forms every server answers from the index (a row
+/// constructor `IN` can make a locking read scan, and wait on, the whole table).
+fn match_tuples(cols: &[String], tuples: &[Vec<MyValue>]) -> (String, String, Vec<MyValue>) {
+    let (case, within) = conditions(cols, tuples.len());
+    let mut params: Vec<MyValue> = tuples.iter().flatten().cloned().collect();
+    params.extend(tuples.iter().flatten().cloned());
+    (case, within, params)
+}
+
+/// The SQL of `match_tuples` for `n` tuples.
+fn conditions(cols: &[String], n: usize) -> (String, String) {
+    let equal = cols.iter().map(|c| format!("{} = ?", quote(c))).collect::<Vec<_>>().join(" AND ");
+    let whens: Vec<String> = (0..n).map(|i| format!("WHEN {equal} THEN {i}")).collect();
+    let within = match cols {
+        [one] => format!("{} IN ({})", quote(one), vec!["?"; n].join(", ")),
+        _ => vec![format!("({equal})"); n].join(" OR "),
+    };
+    (format!("CASE {} END", whens.join(" ")), within)
+}
+
+/// Tombstones (`true`) and, if `origins`, row origins (`false`) of `keys`.
 async fn read_marks(
     conn: &mut Conn,
     rules: &Rules,
     table: &str,
     keys: &[&str],
+    origins: bool,
 ) -> Result<Vec<(bool, (String, Stamp))>, ApplyError> {
+    let keys = padded(keys);
     let marks = vec!["?"; keys.len()].join(", ");
     let mut params: Vec<MyValue> = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..if origins { 2 } else { 1 } {
         params.push(table.into());
         params.extend(keys.iter().map(|k| MyValue::from(*k)));
     }
-    let sql = format!(
-        "SELECT 1, row_key, version_us, origin FROM ferry.tombstones WHERE table_name = ? AND row_key IN ({marks}) \
-         UNION ALL SELECT 0, row_key, version_us, origin FROM ferry.row_origins WHERE table_name = ? AND row_key IN ({marks})"
+    let mut sql = format!(
+        "SELECT 1, row_key, version_us, origin FROM ferry.tombstones WHERE table_name = ? AND row_key IN ({marks})"
     );
+    if origins {
+        sql.push_str(&format!(
+            " UNION ALL SELECT 0, row_key, version_us, origin FROM ferry.row_origins WHERE table_name = ? AND row_key IN ({marks})"
+        ));
+    }
     let rows: Vec<(u8, Vec<u8>, i64, String)> =
         conn.exec(sql, params).await.map_err(sql_error("reading tombstones and row origins of", table))?;
     Ok(rows
@@ -726,16 +782,12 @@ fn inserts(into: &str, cols: &[String], rows: Vec<Tuple>, tail: &str) -> Vec<Sta
         .collect()
 }
 
-/// `DELETE FROM … WHERE (cols) IN (…)`, `WRITE_CHUNK` rows per statement.
+/// `DELETE FROM … WHERE <rows>` (found as `match_tuples` finds them), `WRITE_CHUNK` rows per
+/// statement.
 fn deletes(from: &str, cols: &[String], rows: Vec<Vec<MyValue>>) -> Vec<Statement> {
-    let names = format!("({})", cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", "));
-    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
     rows.chunks(WRITE_CHUNK)
         .map(|chunk| Statement {
-            sql: format!(
-                "DELETE FROM {from} WHERE {names} IN ({})",
-                vec![tuple.as_str(); chunk.len()].join(", ")
-            ),
+            sql: format!("DELETE FROM {from} WHERE {}", conditions(cols, chunk.len()).1),
             params: chunk.iter().flatten().cloned().collect(),
         })
         .collect()
@@ -881,6 +933,7 @@ impl Plan {
         let origins: Vec<Tuple> = self
             .states
             .iter()
+            .filter(|_| shape.origins)
             .filter(|(_, s)| {
                 matches!(s.effect, Effect::Absolute(_) | Effect::Relative { image: Some(_), .. })
             })

@@ -185,6 +185,23 @@ async fn ferry_leg(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let seconds = started.elapsed().as_secs_f64();
+    // What the parallel apply had to retry (a high count means groups kept meeting).
+    if let Ok((_, metrics)) = crate::sandbox::http_get(([127, 0, 0, 1], http).into(), "/metrics").await {
+        let retried: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("ferry_apply_errors_total{"))
+            .filter_map(|l| {
+                Some((l.split('"').nth(3)?.to_string(), l.rsplit(' ').next()?.parse::<f64>().ok()?))
+            })
+            .map(|(kind, n)| {
+                println!("  ferry, {workers} connection(s): {n} apply errors of kind {kind}");
+                n
+            })
+            .sum();
+        if retried == 0.0 {
+            println!("  ferry, {workers} connection(s): no apply errors or parallel aborts");
+        }
+    }
     let _ = child.start_kill();
     Ok(seconds)
 }

@@ -56,6 +56,16 @@ impl Rules {
         self.ranks.get(region).copied().unwrap_or(u32::MAX)
     }
 
+    /// Whether apply records which region wrote each row it applies (`ferry.row_origins`).
+    /// The writer of a local row breaks ties between equal versions. With two regions it is
+    /// never needed: a row this region did not write last was written by the other region,
+    /// and that region's next change of it carries the same before-version, so it applies as
+    /// causally later without comparing stamps; a different before-version means this region
+    /// wrote in between. With three or more regions, two others can tie on one row.
+    pub fn track_writers(&self) -> bool {
+        self.ranks.len() >= 3
+    }
+
     /// The region at `rank` (`?` for an unknown one).
     pub fn region_at(&self, rank: u32) -> &str {
         self.ranks.iter().find(|(_, r)| **r == rank).map(|(n, _)| n.as_str()).unwrap_or("?")
