@@ -21,9 +21,33 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Load and validate a configuration; print every problem with its YAML path (exit 64).
+    /// When the local primary is reachable, the conflict rules are checked against its schema
+    /// too.
     Validate {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
+        /// Only the file: do not connect to the local primary.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// List the conflicts this region decided (`ferry.conflicts` on the local primary), newest
+    /// first.
+    Conflicts {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// Only those decided within this long (`10m`, `2h`, `7d`) or since this UTC time
+        /// (`2026-11-22 10:00:00`).
+        #[arg(long)]
+        since: Option<String>,
+        /// Only this table (`db.table`).
+        #[arg(long)]
+        table: Option<String>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: u64,
+        /// One JSON object per line, with both images.
+        #[arg(long)]
+        json: bool,
     },
     /// Run this region's roles under one supervisor until SIGINT/SIGTERM.
     Run {
@@ -131,7 +155,10 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, offline } => validate(&config, offline),
+        Command::Conflicts { config, since, table, limit, json } => {
+            conflicts(&config, ConflictFilter { since, table, limit }, json)
+        }
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
         Command::Bench { command } => bench(command),
@@ -149,14 +176,97 @@ fn load(path: &Path) -> Result<Config, i32> {
     })
 }
 
-fn validate(path: &Path) -> i32 {
-    match load(path) {
-        Ok(c) => {
-            println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
-            0
+fn validate(path: &Path, offline: bool) -> i32 {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let schema = if offline { None } else { block_on_value(schema_problems(&c)) };
+    match schema {
+        Some(Ok(problems)) if !problems.is_empty() => {
+            eprint!("{}", config::ConfigErrors { source: path.display().to_string(), problems });
+            return EXIT_CONFIG;
         }
-        Err(code) => code,
+        Some(Ok(_)) => println!("{}: conflict rules match the local primary's schema", path.display()),
+        Some(Err(e)) => println!("{}: schema not checked: {e}", path.display()),
+        None => {}
     }
+    println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
+    0
+}
+
+/// The conflict rules' problems against the local primary's schema.
+async fn schema_problems(c: &Config) -> Result<Vec<config::ConfigProblem>, String> {
+    let local = c.local().ok_or("no local region")?;
+    let at = format!("{}:{}", local.mysql.primary.host, local.mysql.primary.port);
+    let connect = mysql_async::Conn::new(local.mysql.primary_opts());
+    let mut conn = match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        Ok(Ok(conn)) => conn,
+        Ok(Err(e)) => return Err(format!("cannot reach the local primary at {at}: {e}")),
+        Err(_) => return Err(format!("cannot reach the local primary at {at}: timed out")),
+    };
+    let problems = crate::conflict::check::check(&mut conn, c)
+        .await
+        .map_err(|e| format!("reading the schema at {at}: {e}"));
+    let _ = conn.disconnect().await;
+    problems
+}
+
+struct ConflictFilter {
+    since: Option<String>,
+    table: Option<String>,
+    limit: u64,
+}
+
+fn conflicts(path: &Path, filter: ConflictFilter, json: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let since = match filter.since.as_deref().map(since_condition).transpose() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("--since: {e}");
+            return EXIT_CONFIG;
+        }
+    };
+    block_on(async move {
+        match crate::conflict::log::list(&config, since, filter.table, filter.limit).await {
+            Ok(rows) => {
+                for row in &rows {
+                    if json {
+                        println!("{}", serde_json::to_string(row).unwrap_or_default());
+                    } else {
+                        println!("{}", row.line());
+                    }
+                }
+                if !json {
+                    println!("{} conflict{}", rows.len(), if rows.len() == 1 { "" } else { "s" });
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("ferry conflicts: {e}");
+                1
+            }
+        }
+    })
+}
+
+/// `--since`: a duration back from now, or a UTC time.
+fn since_condition(text: &str) -> Result<crate::conflict::log::Since, String> {
+    use crate::conflict::log::Since;
+    if let Ok(d) = humantime::parse_duration(text) {
+        return Ok(Since::Ago(d));
+    }
+    match crate::conflict::datetime_us(text) {
+        Some(_) => Ok(Since::At(text.to_string())),
+        None => Err(format!("`{text}` is neither a duration (10m, 2h, 7d) nor a time (2026-11-22 10:00:00)")),
+    }
+}
+
+fn block_on_value<T>(fut: impl std::future::Future<Output = T>) -> Option<T> {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().ok().map(|rt| rt.block_on(fut))
 }
 
 fn run(path: &Path) -> i32 {

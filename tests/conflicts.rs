@@ -330,6 +330,74 @@ async fn two_regions_writing_the_same_rows_converge_and_log_every_conflict() {
         "the skew is counted"
     );
     drop((east_ferry, west_ferry));
+
+    // `ferry conflicts` lists them; `ferry validate` checks the rules against the schema.
+    let ferry = |args: &[&str]| {
+        let out = std::process::Command::new(common::FERRY).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let cfg = east_cfg.to_str().unwrap();
+    let (code, out, err) = ferry(&["conflicts", "--config", cfg, "--table", "psi.orders"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        out.contains("psi.orders") && out.contains("unique_key") && out.ends_with("1 conflict\n"),
+        "{out}"
+    );
+    print!("ferry conflicts --table psi.orders:\n{out}");
+    let (code, out, err) =
+        ferry(&["conflicts", "--config", cfg, "--since", "1h", "--json", "--limit", "100000"]);
+    assert_eq!(code, Some(0), "{err}");
+    let total: u64 = logged(&east, 0).await.values().sum();
+    assert_eq!(out.lines().count() as u64, total, "every logged conflict is listed");
+    let first: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert!(first["incoming_image"].is_object() && first["kind"].is_string(), "{first}");
+    let (code, out, err) = ferry(&["validate", "--config", cfg]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.contains("conflict rules match the local primary's schema"), "{out}");
+    let bad = dir.path().join("bad.yaml");
+    let text = std::fs::read_to_string(&east_cfg)
+        .unwrap()
+        .replace("[quantity, reserved]", "[product_id, quantity, sku]");
+    std::fs::write(&bad, text).unwrap();
+    let (code, _, err) = ferry(&["validate", "--config", bad.to_str().unwrap()]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("conflicts.tables.psi.stock.delta_columns[0]")
+            && err.contains("part of a primary or unique key"),
+        "{err}"
+    );
+    assert!(
+        err.contains("conflicts.tables.psi.stock.delta_columns[2]") && err.contains("no column `sku`"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_collector_deletes_only_what_is_older_than_the_horizon() {
+    let db = MariaDb::start_temp(MariaDbOptions::test("collect-db", 301, 3)).await.unwrap();
+    let mut c = db.conn().await.unwrap();
+    ferry::schema::install(&mut c).await.unwrap();
+    for (table, column) in [("tombstones", "created_at"), ("row_origins", "written_at")] {
+        c.query_drop(format!(
+            "INSERT INTO ferry.{table} (table_name, row_key, version_us, origin, {column}) VALUES \
+             ('psi.t', 'old', 1, 'east', NOW(6) - INTERVAL 8 DAY), ('psi.t', 'new', 2, 'east', NOW(6) - INTERVAL 6 DAY)"
+        ))
+        .await
+        .unwrap();
+    }
+    let counter = prometheus_client::metrics::family::Family::default();
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let deleted = ferry::apply::collect::collect(&db.opts(), week, &counter).await.unwrap();
+    assert_eq!(deleted, 2, "one old row in each table");
+    for table in ["tombstones", "row_origins"] {
+        let left: Vec<String> =
+            c.query(format!("SELECT CAST(row_key AS CHAR) FROM ferry.{table}")).await.unwrap();
+        assert_eq!(left, ["new"], "ferry.{table}");
+    }
 }
 
 /// Which side won in east's log for the product-500 insert and the DUP-1 order: the later

@@ -35,9 +35,15 @@ pub struct ConflictLabels {
     pub resolution: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CollectedLabels {
+    pub table: &'static str,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct ApplyMetrics {
     pub conflicts: Family<ConflictLabels, Counter>,
+    pub collected: Family<CollectedLabels, Counter>,
     pub transactions: Family<OriginLabels, Counter>,
     pub rows: Family<OriginTableLabels, Counter>,
     pub duplicates: Family<OriginLabels, Counter>,
@@ -57,6 +63,7 @@ impl ApplyMetrics {
         metrics.register(names::APPLY_DUPLICATES, m.duplicates.clone());
         metrics.register(names::APPLY_DLQ, m.dlq.clone());
         metrics.register(names::APPLY_CONFLICTS, m.conflicts.clone());
+        metrics.register(names::APPLY_COLLECTED, m.collected.clone());
         metrics.register(names::APPLY_ERRORS, m.errors.clone());
         metrics.register(names::APPLY_LAG, m.lag.clone());
         metrics.register(names::APPLY_E2E_LAG, m.e2e_lag.clone());

@@ -16,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::collect::Collector;
 use super::metrics::{ApplyMetrics, ConflictLabels, OriginKindLabels, OriginLabels, OriginTableLabels};
 use super::parallel::{KeyTracker, Sequencer, row_keys};
 use super::reassemble::{Assembled, Reassembler, Transaction};
@@ -54,6 +55,10 @@ pub struct ApplyRole {
     /// Most origin transactions committed together.
     max_group: usize,
     rules: Arc<Rules>,
+    /// This role also runs the collector of old tombstones and checks the rules against the
+    /// schema (the first apply role does).
+    collects: bool,
+    config: Arc<Config>,
     metrics: ApplyMetrics,
 }
 
@@ -62,11 +67,13 @@ impl ApplyRole {
     pub fn from_config(config: &Config, metrics: &ApplyMetrics) -> Vec<Self> {
         let (Some(apply), Some(local)) = (config.apply.as_ref(), config.local()) else { return Vec::new() };
         let rules = Arc::new(Rules::from_config(config));
+        let shared = Arc::new(config.clone());
         config
             .regions
             .iter()
             .filter(|(name, _)| **name != config.region)
-            .map(|(origin, remote)| Self {
+            .enumerate()
+            .map(|(i, (origin, remote))| Self {
                 name: format!("apply-{origin}"),
                 origin: origin.clone(),
                 region: config.region.clone(),
@@ -77,6 +84,8 @@ impl ApplyRole {
                 workers: apply.workers.max(1),
                 max_group: apply.max_group_transactions.max(1),
                 rules: rules.clone(),
+                collects: i == 0,
+                config: shared.clone(),
                 metrics: metrics.clone(),
             })
             .collect()
@@ -135,6 +144,13 @@ impl ApplyRole {
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
         );
+        if self.collects {
+            self.warn_about_schema(&mut target).await;
+        }
+        let _collector = self.collects.then(|| {
+            let collected = self.metrics.collected.clone();
+            Collector::start(self.local.primary_opts(), self.rules.horizon, collected)
+        });
         let mut idle = vec![target];
         for _ in 1..self.workers {
             let mut more = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
@@ -244,6 +260,19 @@ impl ApplyRole {
                     }
                 }
             }
+        }
+    }
+
+    /// Log what `ferry validate` would refuse in the conflict rules (once per session): apply
+    /// still runs, deciding such a table by commit times.
+    async fn warn_about_schema(&self, target: &mut Target) {
+        match target.check_rules(&self.config).await {
+            Ok(problems) => {
+                for p in problems {
+                    tracing::warn!(path = %p.path, problem = %p.message, "conflict rules do not fit the schema (see ferry validate)");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check the conflict rules against the schema"),
         }
     }
 

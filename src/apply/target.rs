@@ -157,6 +157,16 @@ impl Target {
         Ok(KeyCatalog::new(uniques, foreign))
     }
 
+    /// What `ferry validate` would find wrong with the conflict rules in this schema.
+    pub async fn check_rules(
+        &mut self,
+        config: &crate::config::Config,
+    ) -> Result<Vec<crate::config::ConfigProblem>, ApplyError> {
+        crate::conflict::check::check(&mut self.conn, config)
+            .await
+            .map_err(|e| ApplyError::from_sql("reading the schema", e))
+    }
+
     /// The last transaction applied from `origin` and its offset.
     pub async fn applied(&mut self, origin: &str) -> Result<Option<Applied>, ApplyError> {
         let row: Option<(String, i64)> = self

@@ -1,5 +1,5 @@
 //! Conflict rules: what happens when an incoming change meets a row the local region changed
-//! too. Pure: no I/O. Apply calls [`decide`] once per row change, in origin order, with what
+//! too. The rules here are pure (no I/O); `check` compares the configuration with the schema. Apply calls [`decide`] once per row change, in origin order, with what
 //! the target holds for that key, and carries out the [`Action`].
 //!
 //! The rules, identical on every region so that all regions converge:
@@ -20,6 +20,8 @@
 
 use std::fmt;
 
+pub mod check;
+pub mod log;
 mod num;
 mod rules;
 

@@ -111,6 +111,11 @@ pub const APPLY_CONFLICTS: MetricName = m(
     Counter,
     "Conflicts decided by the conflict rules, each also a row in ferry.conflicts (labels: table, kind: insert_insert, update_update, update_delete, delete_update, unique_key, clock_skew; resolution: incoming, local — which side's non-delta columns won)",
 );
+pub const APPLY_COLLECTED: MetricName = m(
+    "ferry_apply_collected_rows",
+    Counter,
+    "Tombstones and row origins older than conflicts.tombstone_horizon deleted by the collector (labels: table: tombstones, row_origins)",
+);
 pub const APPLY_ERRORS: MetricName = m(
     "ferry_apply_errors",
     Counter,
@@ -164,6 +169,7 @@ pub const ALL: &[MetricName] = &[
     APPLY_DUPLICATES,
     APPLY_DLQ,
     APPLY_CONFLICTS,
+    APPLY_COLLECTED,
     APPLY_ERRORS,
     APPLY_LAG,
     APPLY_E2E_LAG,
