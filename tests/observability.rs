@@ -1,4 +1,5 @@
-//! Dashboards (and, later, alert rules) use only metric names ferry declares and exports.
+//! Dashboards and alert rules use only metric names ferry declares and exports, and the alert
+//! rules pass promtool's checks and unit tests.
 
 use std::path::{Path, PathBuf};
 
@@ -78,4 +79,23 @@ fn token_scan_finds_names_and_ignores_embedded_ones() {
         metric_tokens("rate(ferry_process_cpu_seconds_total[5m]) / my_ferry_x + ferry_up"),
         ["ferry_process_cpu_seconds_total", "ferry_up"]
     );
+}
+
+#[test]
+fn alert_rules_pass_promtool_check_and_unit_tests() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("grafana/prometheus");
+    for args in [["check", "rules", "ferry-alerts.yaml"], ["test", "rules", "ferry-alerts.test.yaml"]] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (package prometheus; scripts/setup installs it)");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }
