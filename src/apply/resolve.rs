@@ -990,3 +990,144 @@ impl Plan {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::MariaGtid;
+
+    fn rules() -> Rules {
+        let yaml = "region: east\nregions:\n  east:\n    priority: 1\n    mysql: { user: u, password: p, gtid_domain_id: 1, \
+                    primary: { host: h, server_id: 1 } }\n    kafka: { bootstrap: [\"k:9092\"] }\n  west:\n    priority: 2\n    \
+                    mysql: { user: u, password: p, gtid_domain_id: 2, primary: { host: h, server_id: 2 } }\n    \
+                    kafka: { bootstrap: [\"k:9092\"] }\nconflicts:\n  tables:\n    psi.stock: { delta_columns: [quantity] }\n";
+        Rules::from_config(&crate::config::load_str("test", yaml, Vec::new()).unwrap())
+    }
+
+    fn stock(quantity: &str, at: &str) -> Row {
+        Row(vec![
+            ("id".into(), Value::Int { v: 1 }),
+            ("quantity".into(), Value::Decimal { v: quantity.into() }),
+            ("note".into(), Value::Text { v: format!("at {at}") }),
+            ("updated_at".into(), Value::Datetime { v: format!("2026-01-01 00:00:{at}"), p: 6 }),
+        ])
+    }
+
+    fn change(op: Op, before: Option<Row>, after: Option<Row>) -> RowChange {
+        RowChange {
+            db: "psi".into(),
+            table: "stock".into(),
+            op,
+            key: Row(vec![("id".into(), Value::Int { v: 1 })]),
+            before,
+            after,
+            generated: Vec::new(),
+        }
+    }
+
+    fn us(at: &str) -> i64 {
+        conflict::datetime_us(&format!("2026-01-01 00:00:{at}")).unwrap()
+    }
+
+    /// Decide `changes` (from west) against `known`; the statements and the conflicts' kinds.
+    fn plan(changes: &[RowChange], known: Known) -> (Vec<Statement>, Vec<(Kind, Winner)>) {
+        let rules = rules();
+        let gtid = Gtid::MariaDb(MariaGtid { domain: 2, server_id: 2, seq: 9 });
+        let policy = rules.policy("psi", "stock").unwrap();
+        let sourced: Vec<Sourced<'_>> = changes
+            .iter()
+            .map(|c| Sourced { change: c, origin: "west", gtid: &gtid, commit_us: 0 })
+            .collect();
+        let items = items(&rules, &policy, &sourced).unwrap();
+        let shape = Shape { db: "psi", table: "stock", policy, has_version: true, origins: false };
+        let plan = Plan::decide(&rules, &items, &known, us("30"));
+        let kinds = plan.conflicts.iter().map(|c| (c.kind, c.winner)).collect();
+        (plan.statements(&shape, &rules), kinds)
+    }
+
+    fn key() -> String {
+        key_text(&change(Op::Delete, Some(stock("0", "00")), None), &stock("0", "00"))
+    }
+
+    fn existing(at: &str) -> Known {
+        let mut known = Known::default();
+        known.rows.insert(key(), (Some(us(at)), serde_json::json!({"id": 1})));
+        known
+    }
+
+    #[test]
+    fn causally_later_updates_overwrite_and_their_deltas_add_up_exactly() {
+        let changes = [
+            change(Op::Update, Some(stock("10.50", "01")), Some(stock("9.25", "02"))),
+            change(Op::Update, Some(stock("9.25", "02")), Some(stock("7.00", "03"))),
+        ];
+        let (statements, conflicts) = plan(&changes, existing("01"));
+        assert!(conflicts.is_empty(), "nothing changed here: {conflicts:?}");
+        assert_eq!(statements.len(), 1, "{statements:#?}");
+        assert_eq!(
+            statements[0].sql,
+            "INSERT INTO `psi`.`stock` (`id`, `quantity`, `note`, `updated_at`) VALUES (?, ?, CONVERT(? USING utf8mb4), ?) \
+             ON DUPLICATE KEY UPDATE `id` = VALUES(`id`), `quantity` = `quantity` + VALUES(`quantity`), \
+             `note` = VALUES(`note`), `updated_at` = VALUES(`updated_at`)"
+        );
+        assert_eq!(
+            statements[0].params[1],
+            MyValue::Bytes(b"-3.50".to_vec()),
+            "10.50 → 7.00 is −3.50, exactly"
+        );
+        assert_eq!(
+            statements[0].params[2],
+            MyValue::Bytes(b"at 03".to_vec()),
+            "the last image's other columns"
+        );
+    }
+
+    #[test]
+    fn an_older_concurrent_update_keeps_the_local_row_but_still_adds_its_delta() {
+        let changes = [change(Op::Update, Some(stock("10", "01")), Some(stock("9", "02")))];
+        let (statements, conflicts) = plan(&changes, existing("05"));
+        assert_eq!(conflicts, [(Kind::UpdateUpdate, Winner::Local)]);
+        assert_eq!(
+            statements[0].sql,
+            "UPDATE `psi`.`stock` SET `quantity` = `quantity` + ?, `updated_at` = `updated_at` WHERE `id` <=> ?",
+            "the version is kept (ON UPDATE would move it)"
+        );
+        assert_eq!(statements[0].params, [MyValue::Int(-1), MyValue::Int(1)]);
+        assert!(statements[1].sql.starts_with("INSERT INTO ferry.conflicts"), "{:?}", statements[1].sql);
+        assert_eq!(statements.len(), 2);
+    }
+
+    #[test]
+    fn tombstones_stop_older_writes_and_yield_to_newer_ones() {
+        let mut known = Known::default();
+        known.tombstones.insert(key(), Stamp { at_us: us("05"), rank: 0 });
+        let older = [change(Op::Insert, None, Some(stock("1", "04")))];
+        let (statements, conflicts) = plan(&older, known);
+        assert_eq!(conflicts, [(Kind::UpdateDelete, Winner::Local)]);
+        assert_eq!(statements.len(), 1, "only the conflict row: {statements:#?}");
+
+        let mut known = Known::default();
+        known.tombstones.insert(key(), Stamp { at_us: us("05"), rank: 0 });
+        let newer = [change(Op::Insert, None, Some(stock("1", "06")))];
+        let (statements, conflicts) = plan(&newer, known);
+        assert_eq!(conflicts, [(Kind::UpdateDelete, Winner::Incoming)]);
+        let sql: Vec<&str> = statements.iter().map(|s| s.sql.split(" (").next().unwrap()).collect();
+        assert_eq!(
+            sql,
+            [
+                "INSERT INTO `psi`.`stock`",
+                "DELETE FROM ferry.tombstones WHERE",
+                "INSERT INTO ferry.conflicts"
+            ]
+        );
+
+        // A delete of a row that is already gone records (only) its tombstone.
+        let gone = [change(Op::Delete, Some(stock("1", "07")), None)];
+        let (statements, conflicts) = plan(&gone, Known::default());
+        assert!(conflicts.is_empty());
+        assert_eq!(statements.len(), 1);
+        assert!(statements[0].sql.starts_with("INSERT INTO ferry.tombstones"), "{}", statements[0].sql);
+        assert_eq!(statements[0].params[2], MyValue::Int(us("07")), "the deleted row's version");
+        assert_eq!(statements[0].params[3], MyValue::Bytes(b"west".to_vec()));
+    }
+}
