@@ -291,7 +291,9 @@ impl Target {
         let ruled: Vec<bool> = sourced
             .iter()
             .map(|s| {
-                let rules = self.rules.as_ref();
+                // A table without a primary key has no key to decide by: its rows apply as
+                // they are (`ferry validate` asks for `single_writer`).
+                let rules = self.rules.as_ref().filter(|_| !s.change.key.is_empty());
                 rules.and_then(|(r, _)| r.policy(&s.change.db, &s.change.table)).is_some()
             })
             .collect();

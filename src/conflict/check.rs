@@ -17,6 +17,7 @@ struct Table {
     columns: BTreeMap<String, String>,
     /// Columns of the primary key and of unique indexes.
     keyed: BTreeSet<String>,
+    has_primary_key: bool,
 }
 
 /// Every problem of `config.conflicts` against the schema `conn` reaches, with its YAML path.
@@ -31,9 +32,9 @@ pub async fn check(
              WHERE t.TABLE_TYPE = 'BASE TABLE' AND c.TABLE_SCHEMA NOT IN {SYSTEM}"
         ))
         .await?;
-    let keyed: Vec<(String, String, String)> = conn
+    let keyed: Vec<(String, String, String, String)> = conn
         .query(format!(
-            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
+            "SELECT TABLE_SCHEMA, TABLE_NAME, COLUMN_NAME, INDEX_NAME FROM information_schema.STATISTICS \
              WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA NOT IN {SYSTEM}"
         ))
         .await?;
@@ -41,8 +42,10 @@ pub async fn check(
     for (db, table, column, data_type) in columns {
         tables.entry(format!("{db}.{table}")).or_default().columns.insert(column, data_type);
     }
-    for (db, table, column) in keyed {
-        tables.entry(format!("{db}.{table}")).or_default().keyed.insert(column);
+    for (db, table, column, index) in keyed {
+        let t = tables.entry(format!("{db}.{table}")).or_default();
+        t.keyed.insert(column);
+        t.has_primary_key |= index == "PRIMARY";
     }
     Ok(problems(config, &tables))
 }
@@ -99,7 +102,20 @@ fn problems(config: &Config, tables: &BTreeMap<String, Table>) -> Vec<ConfigProb
     }
     for (name, table) in tables {
         let rules = conflicts.tables.get(name);
-        if rules.is_some_and(|r| r.single_writer.is_some() || !r.delta_columns.is_empty()) {
+        if rules.is_some_and(|r| r.single_writer.is_some()) {
+            continue;
+        }
+        if !table.has_primary_key {
+            push(
+                "conflicts.tables".into(),
+                format!(
+                    "`{name}` has no primary key, so conflicts in it cannot be decided (its changes apply as \
+                     they are): declare `single_writer: <region>` under conflicts.tables.{name}"
+                ),
+            );
+            continue;
+        }
+        if rules.is_some_and(|r| !r.delta_columns.is_empty()) {
             continue;
         }
         let version = rules.and_then(|r| r.version_column.as_deref()).unwrap_or(&conflicts.version_column);
@@ -133,6 +149,7 @@ mod tests {
         Table {
             columns: columns.iter().map(|(c, t)| (c.to_string(), t.to_string())).collect(),
             keyed: keyed.iter().map(|c| c.to_string()).collect(),
+            has_primary_key: !keyed.is_empty(),
         }
     }
 
@@ -152,6 +169,7 @@ mod tests {
         tables.insert("psi.log".into(), table(&[("line", "text")], &[]));
         tables.insert("psi.products".into(), table(&[("id", "bigint"), ("updated_at", "datetime")], &["id"]));
         tables.insert("psi.notes".into(), table(&[("id", "bigint")], &["id"]));
+        tables.insert("psi.audit".into(), table(&[("line", "text"), ("updated_at", "datetime")], &[]));
         tables.insert("psi.odd".into(), table(&[("id", "bigint"), ("rev", "varchar")], &["id"]));
         let found: Vec<String> =
             problems(&config, &tables).iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
@@ -161,6 +179,7 @@ mod tests {
             "conflicts.tables.psi.stock.delta_columns[1]: `psi.stock.product_id` is part of a primary or unique key",
             "conflicts.tables.psi.stock.delta_columns[2]: `psi.stock.note` is varchar",
             "conflicts.tables: `psi.notes` has no version column `updated_at`",
+            "conflicts.tables: `psi.audit` has no primary key",
         ];
         assert_eq!(found.len(), expect.len(), "{found:#?}");
         for e in expect {
