@@ -73,7 +73,7 @@ pub async fn write_table(
     for (_, cols) in catalog.uniques(db, table) {
         shape.read_holders(conn, rules, &items, cols, &mut known).await?;
     }
-    let plan = Plan::decide(rules, &items, &known, now_us);
+    let plan = Plan::decide(rules, &items, &known, now_us)?;
     plan.write(conn, &shape, rules).await?;
     let name = shape.name();
     Ok(plan
@@ -214,8 +214,8 @@ struct Holder {
     /// The unique index's columns and values (to find and delete the row).
     columns: Vec<String>,
     values: Vec<Value>,
-    /// Its primary key as `ferry.row_origins` stores it, when it could be read back.
-    key: Option<String>,
+    /// Its primary key as `ferry.row_origins` stores it.
+    key: String,
     version: Option<i64>,
     image: serde_json::Value,
 }
@@ -355,9 +355,11 @@ impl Shape<'_> {
             for (w, row) in self.fetch(conn, cols, &tuples, "reading unique values of").await? {
                 let (values, writers) = &chunk[w];
                 let template = &items[writers[0]].key_row;
-                let key = holder_key(template, &row, items[writers[0]].source.change);
-                // The row itself, or a row this group writes too (its own change decides).
-                if key.as_deref().is_some_and(|k| group_keys.contains(k)) {
+                // The row itself, or a row this group writes too (its own change decides). A key
+                // that cannot be read back exactly (a primary key of a rare type) is left to the
+                // write: it is never mistaken for another row.
+                let Some(key) = holder_key(template, &row, items[writers[0]].source.change) else { continue };
+                if group_keys.contains(key.as_str()) {
                     continue;
                 }
                 let version = row.get::<Option<String>, _>(1).flatten().as_deref().and_then(version_text);
@@ -373,7 +375,7 @@ impl Shape<'_> {
                 }
             }
         }
-        let keys: Vec<&str> = found.iter().filter_map(|(_, h)| h.key.as_deref()).collect();
+        let keys: Vec<&str> = found.iter().map(|(_, h)| h.key.as_str()).collect();
         if !keys.is_empty() && self.origins {
             for (what, (key, stamp)) in read_marks(conn, rules, &self.name(), &keys, true).await? {
                 if !what {
@@ -495,6 +497,21 @@ fn same_type(like: &Value, got: &MyValue) -> Option<Value> {
             MyValue::Bytes(b) => Value::Bytes { v: b.clone() },
             _ => return None,
         },
+        Value::Date { .. } => match got {
+            MyValue::Date(y, m, d, ..) => Value::Date { v: format!("{y:04}-{m:02}-{d:02}") },
+            _ => return None,
+        },
+        Value::Datetime { p, .. } | Value::Timestamp { p, .. } => match got {
+            MyValue::Date(y, mo, d, h, mi, s, us) => {
+                let v = crate::model::format_datetime((*y, *mo, *d), (*h, *mi, *s), *us, *p);
+                if matches!(like, Value::Datetime { .. }) {
+                    Value::Datetime { v, p: *p }
+                } else {
+                    Value::Timestamp { v, p: *p }
+                }
+            }
+            _ => return None,
+        },
         _ => return None,
     })
 }
@@ -583,28 +600,37 @@ struct Plan {
     conflicts: Vec<Logged>,
 }
 
-fn add_deltas(acc: &mut BTreeMap<String, Num>, deltas: &[(String, Num)]) {
+/// A delta sum that does not fit ferry's exact arithmetic (38 digits): refused, never rounded.
+fn too_large(column: &str) -> ApplyError {
+    ApplyError::Permanent(format!("delta column `{column}`: the sum exceeds 38 digits"))
+}
+
+fn add_deltas(acc: &mut BTreeMap<String, Num>, deltas: &[(String, Num)]) -> Result<(), ApplyError> {
     for (c, d) in deltas {
-        let sum = acc.get(c).copied().unwrap_or(Num::ZERO).checked_add(*d).unwrap_or(*d);
+        let sum = acc.get(c).copied().unwrap_or(Num::ZERO).checked_add(*d).ok_or_else(|| too_large(c))?;
         acc.insert(c.clone(), sum);
     }
+    Ok(())
 }
 
 /// `image` with each delta column set to `base`'s value plus the delta.
-fn absolute(image: &Row, base: &Row, deltas: &[(String, Num)]) -> Row {
+fn absolute(image: &Row, base: &Row, deltas: &[(String, Num)]) -> Result<Row, ApplyError> {
     let mut out = image.clone();
     for (c, d) in deltas {
-        let start = base.get(c).and_then(Num::of).unwrap_or(Num::ZERO);
-        if let (Some(sum), Some(slot)) = (start.checked_add(*d), out.0.iter_mut().find(|(name, _)| name == c))
-        {
+        let start = match base.get(c) {
+            Some(v) => Num::of(v).ok_or_else(|| too_large(c))?,
+            None => Num::ZERO,
+        };
+        let sum = start.checked_add(*d).ok_or_else(|| too_large(c))?;
+        if let Some(slot) = out.0.iter_mut().find(|(name, _)| name == c) {
             slot.1 = sum.to_value();
         }
     }
-    out
+    Ok(out)
 }
 
 impl Plan {
-    fn decide(rules: &Rules, items: &[Item<'_>], known: &Known, now_us: i64) -> Plan {
+    fn decide(rules: &Rules, items: &[Item<'_>], known: &Known, now_us: i64) -> Result<Plan, ApplyError> {
         let mut plan = Plan::default();
         let mut at: HashMap<String, usize> = HashMap::new();
         let mut evicted: HashSet<String> = HashSet::new();
@@ -688,7 +714,7 @@ impl Plan {
                     if evicted.contains(&holder.id()) {
                         continue;
                     }
-                    let origin = holder.key.as_ref().and_then(|k| known.origins.get(k));
+                    let origin = known.origins.get(&holder.key);
                     let stamp = local_stamp(here, holder.version, origin);
                     let c = conflict::unique(&item.stamp, &stamp);
                     plan.conflicts.push(log(Kind::UniqueKey, c, holder.version, holder.image.clone()));
@@ -711,14 +737,14 @@ impl Plan {
                 Action::Overwrite => {
                     let image = item.image.clone().unwrap_or_default();
                     state.effect = match std::mem::replace(&mut state.effect, Effect::None) {
-                        Effect::Absolute(base) => Effect::Absolute(absolute(&image, &base, &item.deltas)),
+                        Effect::Absolute(base) => Effect::Absolute(absolute(&image, &base, &item.deltas)?),
                         Effect::Relative { mut deltas, .. } => {
-                            add_deltas(&mut deltas, &item.deltas);
+                            add_deltas(&mut deltas, &item.deltas)?;
                             Effect::Relative { image: Some(image.clone()), deltas }
                         }
                         Effect::None | Effect::Deleted => {
                             let mut deltas = BTreeMap::new();
-                            add_deltas(&mut deltas, &item.deltas);
+                            add_deltas(&mut deltas, &item.deltas)?;
                             Effect::Relative { image: Some(image.clone()), deltas }
                         }
                     };
@@ -734,14 +760,14 @@ impl Plan {
                 }
                 Action::AddDelta => {
                     state.effect = match std::mem::replace(&mut state.effect, Effect::None) {
-                        Effect::Absolute(base) => Effect::Absolute(absolute(&base, &base, &item.deltas)),
+                        Effect::Absolute(base) => Effect::Absolute(absolute(&base, &base, &item.deltas)?),
                         Effect::Relative { image, mut deltas } => {
-                            add_deltas(&mut deltas, &item.deltas);
+                            add_deltas(&mut deltas, &item.deltas)?;
                             Effect::Relative { image, deltas }
                         }
                         Effect::None | Effect::Deleted => {
                             let mut deltas = BTreeMap::new();
-                            add_deltas(&mut deltas, &item.deltas);
+                            add_deltas(&mut deltas, &item.deltas)?;
                             Effect::Relative { image: None, deltas }
                         }
                     };
@@ -756,7 +782,7 @@ impl Plan {
                 Action::Keep => {}
             }
         }
-        plan
+        Ok(plan)
     }
 }
 
@@ -1040,7 +1066,7 @@ mod tests {
             .collect();
         let items = items(&rules, &policy, &sourced).unwrap();
         let shape = Shape { db: "psi", table: "stock", policy, has_version: true, origins: false };
-        let plan = Plan::decide(&rules, &items, &known, us("30"));
+        let plan = Plan::decide(&rules, &items, &known, us("30")).unwrap();
         let kinds = plan.conflicts.iter().map(|c| (c.kind, c.winner)).collect();
         (plan.statements(&shape, &rules), kinds)
     }
