@@ -274,6 +274,10 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     for role in crate::apply::role::ApplyRole::from_config(&config, &apply_metrics) {
         supervisor.add(Box::new(role));
     }
+    let watch_metrics = crate::watch::role::WatchMetrics::register(&metrics);
+    if let Some(role) = crate::watch::role::WatchRole::from_config(&config, watch_metrics) {
+        supervisor.add(Box::new(role));
+    }
     let outcome = supervisor.run(http, shutdown_signal()).await;
     match &outcome {
         Outcome::Clean => tracing::info!("ferry stopped cleanly"),

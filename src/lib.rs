@@ -31,6 +31,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod status;
 pub mod transport;
+pub mod watch;
 
 /// ferry's version, from Cargo.toml.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -9,6 +9,7 @@
 mod load;
 mod secret;
 mod validate;
+mod watch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -18,6 +19,9 @@ use serde::{Deserialize, Serialize};
 
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
+pub use watch::{
+    DownState, FlapConfig, HaproxyApi, LbMember, ProbeConfig, TargetConfig, WatchConfig, haproxy_api,
+};
 
 impl MysqlConfig {
     /// Which transactions are this region's own.
@@ -68,6 +72,10 @@ pub struct Config {
     /// How apply decides when a row changed in two regions (see `conflict`).
     #[serde(default)]
     pub conflicts: ConflictConfig,
+    /// The health loop: targets to probe and the members to drain (see `watch`). Absent = no
+    /// watching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub watch: Option<WatchConfig>,
 }
 
 impl Config {

@@ -179,6 +179,58 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         }
     }
 
+    if let Some(watch) = &config.watch {
+        let mut names = std::collections::BTreeSet::new();
+        if watch.tick_tolerance < Duration::from_millis(100) {
+            push("watch.tick_tolerance".into(), "must be at least 100ms".into(), None);
+        }
+        if watch.flap.transitions == 0 {
+            push("watch.flap.transitions".into(), "must be at least 1".into(), None);
+        }
+        for (i, target) in watch.targets.iter().enumerate() {
+            let at = format!("watch.targets[{i}]");
+            if target.name.trim().is_empty() {
+                push(format!("{at}.name"), "must not be empty".into(), None);
+            } else if !names.insert(target.name.as_str()) {
+                push(format!("{at}.name"), format!("`{}` is used by another target", target.name), None);
+            }
+            if target.interval < Duration::from_millis(100) {
+                push(format!("{at}.interval"), "must be at least 100ms".into(), None);
+            }
+            if target.timeout.is_zero() || target.timeout > target.interval {
+                push(format!("{at}.timeout"), "must be more than 0 and at most the interval".into(), None);
+            }
+            for (key, n) in [
+                ("failure_threshold", target.failure_threshold),
+                ("recovery_threshold", target.recovery_threshold),
+            ] {
+                if n == 0 {
+                    push(format!("{at}.{key}"), "must be at least 1".into(), None);
+                }
+            }
+            let address = target.probe.address();
+            if address
+                .rsplit_once(':')
+                .and_then(|(h, p)| (!h.is_empty()).then_some(p))
+                .and_then(|p| p.parse::<u16>().ok())
+                .is_none()
+            {
+                push(
+                    format!("{at}.probe.{}.address", target.probe.kind()),
+                    format!("`{address}` is not `host:port`"),
+                    None,
+                );
+            }
+            if let Some(super::LbMember::Haproxy { api, backend, server, .. }) = &target.lb {
+                for (key, value) in [("api", api), ("backend", backend), ("server", server)] {
+                    if value.trim().is_empty() {
+                        push(format!("{at}.lb.haproxy.{key}"), "must not be empty".into(), None);
+                    }
+                }
+            }
+        }
+    }
+
     if let Some(capture) = &config.capture {
         let at = "capture.server_id".to_string();
         if capture.server_id == 0 {

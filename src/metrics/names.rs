@@ -116,6 +116,30 @@ pub const APPLY_COLLECTED: MetricName = m(
     Counter,
     "Tombstones and row origins older than conflicts.tombstone_horizon deleted by the collector (labels: table: tombstones, row_origins)",
 );
+pub const WATCH_TARGET_UP: MetricName = m(
+    "ferry_watch_target_up",
+    Gauge,
+    "1 while a watched target counts as serving (up or suspect), 0 while down or recovering (labels: target)",
+);
+pub const WATCH_FAILURES: MetricName =
+    m("ferry_watch_consecutive_failures", Gauge, "Consecutive failed probes of a target (labels: target)");
+pub const WATCH_PROBE_SECONDS: MetricName =
+    m("ferry_watch_probe_seconds", Gauge, "How long the last probe of a target took (labels: target)");
+pub const WATCH_TRANSITIONS: MetricName = m(
+    "ferry_watch_transitions",
+    Counter,
+    "Targets going down or up, or held down for flapping (labels: target, to: down, up, held_down)",
+);
+pub const WATCH_ACTIONS: MetricName = m(
+    "ferry_watch_actions",
+    Counter,
+    "Actions taken on a target's load-balancer member (labels: target, action: take_out, put_back; result: done, already, refused_last_member, failed, skipped_tilted)",
+);
+pub const WATCH_TILTED: MetricName = m(
+    "ferry_watch_tilted",
+    Gauge,
+    "1 while the watch loop distrusts itself (its ticks ran late: the process stalled or the clock jumped) and does not act",
+);
 pub const APPLY_ERRORS: MetricName = m(
     "ferry_apply_errors",
     Counter,
@@ -169,6 +193,12 @@ pub const ALL: &[MetricName] = &[
     APPLY_DUPLICATES,
     APPLY_DLQ,
     APPLY_CONFLICTS,
+    WATCH_TARGET_UP,
+    WATCH_FAILURES,
+    WATCH_PROBE_SECONDS,
+    WATCH_TRANSITIONS,
+    WATCH_ACTIONS,
+    WATCH_TILTED,
     APPLY_COLLECTED,
     APPLY_ERRORS,
     APPLY_LAG,

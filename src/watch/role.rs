@@ -1,0 +1,299 @@
+//! The `watch` role: one loop per target. Each tick probes, feeds the target's `Tracker`, and
+//! keeps the load-balancer member where the health says it belongs: taken out while Down (or
+//! held down), put back when Up. The member's wanted place is reconciled every tick, so a
+//! failed action is retried and an action skipped while the loop distrusted itself (late
+//! ticks) happens once it is on time again.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+use super::lb::{self, Outcome};
+use super::probe::{Credentials, probe};
+use super::state::{Event, FlapPolicy, Thresholds, Tilt, Tracker};
+use crate::app::{Role, RoleContext, RoleFuture, Stage};
+use crate::config::{Config, LbMember, TargetConfig, WatchConfig};
+use crate::metrics::{Metrics, names};
+use crate::status::RoleState;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TargetLabels {
+    pub target: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransitionLabels {
+    pub target: String,
+    pub to: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabels {
+    pub target: String,
+    pub action: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct WatchMetrics {
+    pub up: Family<TargetLabels, Gauge>,
+    pub failures: Family<TargetLabels, Gauge>,
+    pub probe_seconds: Family<TargetLabels, Gauge<f64, AtomicU64>>,
+    pub transitions: Family<TransitionLabels, Counter>,
+    pub actions: Family<ActionLabels, Counter>,
+    pub tilted: Gauge,
+}
+
+impl WatchMetrics {
+    pub fn register(metrics: &Metrics) -> Self {
+        let m = Self::default();
+        metrics.register(names::WATCH_TARGET_UP, m.up.clone());
+        metrics.register(names::WATCH_FAILURES, m.failures.clone());
+        metrics.register(names::WATCH_PROBE_SECONDS, m.probe_seconds.clone());
+        metrics.register(names::WATCH_TRANSITIONS, m.transitions.clone());
+        metrics.register(names::WATCH_ACTIONS, m.actions.clone());
+        metrics.register(names::WATCH_TILTED, m.tilted.clone());
+        m
+    }
+}
+
+pub struct WatchRole {
+    config: WatchConfig,
+    credentials: Credentials,
+    metrics: WatchMetrics,
+}
+
+impl WatchRole {
+    /// `None` without a `watch` section or targets.
+    pub fn from_config(config: &Config, metrics: WatchMetrics) -> Option<Self> {
+        let watch = config.watch.clone().filter(|w| !w.targets.is_empty())?;
+        let local = config.local();
+        let credentials = Credentials {
+            mysql: local.map(|r| (r.mysql.user.clone(), r.mysql.password.clone())),
+            redis_password: local.and_then(|r| r.redis.as_ref()).and_then(|r| r.password.clone()),
+        };
+        Some(Self { config: watch, credentials, metrics })
+    }
+}
+
+/// What `/status` shows: each target's state and the recent journal.
+#[derive(Default)]
+struct Board {
+    targets: BTreeMap<String, serde_json::Value>,
+    journal: VecDeque<serde_json::Value>,
+    limit: usize,
+}
+
+impl Board {
+    fn record(&mut self, entry: serde_json::Value) {
+        tracing::info!(event = %entry, "watch");
+        self.journal.push_back(entry);
+        while self.journal.len() > self.limit {
+            self.journal.pop_front();
+        }
+    }
+
+    fn json(&self, tilted: bool) -> serde_json::Value {
+        serde_json::json!({
+            "acting": !tilted,
+            "tilted": tilted,
+            "targets": self.targets,
+            "journal": self.journal,
+        })
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Shared by the target loops.
+struct Shared {
+    board: Mutex<Board>,
+    /// Target loops currently distrusting themselves.
+    tilted: AtomicUsize,
+    metrics: WatchMetrics,
+    credentials: Credentials,
+    reporter: crate::status::RoleReporter,
+    shutdown: tokio_util::sync::CancellationToken,
+}
+
+impl Shared {
+    fn publish(&self) {
+        let tilted = self.tilted.load(Ordering::Relaxed) > 0;
+        self.metrics.tilted.set(i64::from(tilted));
+        let details = self.board.lock().map(|b| b.json(tilted)).unwrap_or_default();
+        self.reporter.set_details(details);
+    }
+}
+
+impl Role for WatchRole {
+    fn name(&self) -> &str {
+        "watch"
+    }
+
+    fn stage(&self) -> Stage {
+        Stage::Control
+    }
+
+    fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
+        Box::pin(async move {
+            let shared = Arc::new(Shared {
+                board: Mutex::new(Board { limit: self.config.journal.max(1), ..Board::default() }),
+                tilted: AtomicUsize::new(0),
+                metrics: self.metrics.clone(),
+                credentials: self.credentials.clone(),
+                reporter: ctx.reporter.clone(),
+                shutdown: ctx.shutdown.clone(),
+            });
+            ctx.reporter.set(RoleState::Ready);
+            let mut loops = tokio::task::JoinSet::new();
+            for target in self.config.targets.clone() {
+                let (shared, watch) = (shared.clone(), self.config.clone());
+                loops.spawn(watch_target(target, watch, shared));
+            }
+            ctx.shutdown.cancelled().await;
+            loops.shutdown().await;
+            Ok(())
+        })
+    }
+}
+
+/// Where a target's load-balancer member should be, and where it was last put.
+struct Membership {
+    wanted_in: bool,
+    known_in: Option<bool>,
+}
+
+async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shared>) {
+    let labels = TargetLabels { target: target.name.clone() };
+    let flap = FlapPolicy {
+        transitions: watch.flap.transitions,
+        window: watch.flap.window,
+        hold_down: watch.flap.hold_down,
+    };
+    let thresholds = Thresholds { failure: target.failure_threshold, recovery: target.recovery_threshold };
+    let mut tracker = Tracker::new(thresholds, flap);
+    let mut tilt = Tilt::new(watch.tick_tolerance, watch.on_time_ticks);
+    let mut member = Membership { wanted_in: true, known_in: None };
+    let mut tick = tokio::time::interval(target.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let due = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            due = tick.tick() => due,
+        };
+        let was_tilted = tilt.is_tilted();
+        let acting = tilt.tick(due.into_std(), Instant::now());
+        if tilt.is_tilted() != was_tilted {
+            let change = if acting { 1usize.wrapping_neg() } else { 1 };
+            shared.tilted.fetch_add(change, Ordering::Relaxed);
+            let what = if acting { "on time again: acting" } else { "tick ran late: not acting" };
+            tracing::warn!(target = %target.name, "watch loop {what}");
+            record(&shared, &target.name, "tilt", if acting { "resumed" } else { "tilted" }, None);
+        }
+        let started = Instant::now();
+        let result = probe(&target.probe, &shared.credentials, target.timeout).await;
+        shared.metrics.probe_seconds.get_or_create(&labels).set(started.elapsed().as_secs_f64());
+        let event = tracker.observe(result.is_ok(), Instant::now());
+        let last_error = result.err();
+        shared.metrics.failures.get_or_create(&labels).set(i64::from(tracker.consecutive_failures()));
+        shared.metrics.up.get_or_create(&labels).set(i64::from(tracker.health().is_serving()));
+        if let Some(event) = event {
+            let (to, detail) = match event {
+                Event::WentDown => ("down", last_error.clone()),
+                Event::WentUp => ("up", None),
+                Event::HeldDown { until } => (
+                    "held_down",
+                    Some(format!(
+                        "flapping: held down for {:?}",
+                        until.saturating_duration_since(Instant::now())
+                    )),
+                ),
+            };
+            shared
+                .metrics
+                .transitions
+                .get_or_create(&TransitionLabels { target: target.name.clone(), to })
+                .inc();
+            record(&shared, &target.name, "transition", to, detail);
+            member.wanted_in = matches!(event, Event::WentUp);
+        }
+        if let Some(lb) = &target.lb
+            && member.known_in != Some(member.wanted_in)
+        {
+            if acting {
+                act(&shared, &target.name, lb, &mut member).await;
+            } else {
+                let action = if member.wanted_in { "put_back" } else { "take_out" };
+                count(&shared, &target.name, action, "skipped_tilted");
+            }
+        }
+        if let Ok(mut board) = shared.board.lock() {
+            board.targets.insert(
+                target.name.clone(),
+                serde_json::json!({
+                    "state": tracker.health().as_str(),
+                    "consecutive_failures": tracker.consecutive_failures(),
+                    "last_error": last_error,
+                    "in_load_balancer": member.known_in,
+                    "held_down": tracker.held_until().is_some(),
+                }),
+            );
+        }
+        shared.publish();
+    }
+}
+
+fn count(shared: &Shared, target: &str, action: &'static str, result: &'static str) {
+    shared.metrics.actions.get_or_create(&ActionLabels { target: target.to_string(), action, result }).inc();
+}
+
+fn record(shared: &Shared, target: &str, kind: &str, what: &str, detail: Option<String>) {
+    if let Ok(mut board) = shared.board.lock() {
+        board.record(serde_json::json!({
+            "at_unix_ms": unix_ms(), "target": target, "kind": kind, "what": what, "detail": detail,
+        }));
+    }
+}
+
+/// Move the member to where it should be; read back; journal and count the result.
+async fn act(shared: &Shared, target: &str, lb: &LbMember, member: &mut Membership) {
+    let LbMember::Haproxy { api, backend, server, down_state } = lb;
+    let started = Instant::now();
+    let (action, result) = if member.wanted_in {
+        ("put_back", lb::put_back(api, backend, server).await)
+    } else {
+        ("take_out", lb::take_out(api, backend, server, *down_state).await)
+    };
+    let took = started.elapsed();
+    let (label, detail) = match &result {
+        Ok(Outcome::Done) => ("done", None),
+        Ok(Outcome::Already) => ("already", None),
+        Ok(Outcome::LastMember) => {
+            ("refused_last_member", Some(format!("{backend}/{server} is the last member serving")))
+        }
+        Err(e) => ("failed", Some(e.clone())),
+    };
+    match &result {
+        Ok(Outcome::Done | Outcome::Already) => member.known_in = Some(member.wanted_in),
+        Ok(Outcome::LastMember) => {
+            tracing::error!(%target, %backend, %server, "not taking out the last serving member of the backend");
+        }
+        Err(e) => tracing::warn!(%target, error = %e, "load-balancer action failed; retrying next tick"),
+    }
+    count(shared, target, action, label);
+    if let Ok(mut board) = shared.board.lock() {
+        board.record(serde_json::json!({
+            "at_unix_ms": unix_ms(), "target": target, "kind": "action", "what": action,
+            "member": format!("haproxy {backend}/{server}"), "result": label, "detail": detail,
+            "duration_ms": took.as_secs_f64() * 1000.0,
+        }));
+    }
+}
