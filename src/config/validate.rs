@@ -184,6 +184,15 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         if watch.tick_tolerance < Duration::from_millis(100) {
             push("watch.tick_tolerance".into(), "must be at least 100ms".into(), None);
         }
+        if let Some(am) = &watch.alertmanager
+            && !am.url.starts_with("http://")
+        {
+            push(
+                "watch.alertmanager.url".into(),
+                format!("`{}`: only http:// URLs are supported", am.url),
+                None,
+            );
+        }
         if watch.flap.transitions == 0 {
             push("watch.flap.transitions".into(), "must be at least 1".into(), None);
         }

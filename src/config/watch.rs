@@ -22,6 +22,16 @@ pub struct WatchConfig {
     /// Actions and transitions kept for `/status`.
     #[serde(default = "default_journal")]
     pub journal: usize,
+    /// Where alerts go (Alertmanager API v2). Absent = metrics and log only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alertmanager: Option<AlertmanagerConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertmanagerConfig {
+    /// `http://host:port[/prefix]`; alerts are posted to `<url>/api/v2/alerts`.
+    pub url: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -2,6 +2,7 @@
 //! and successes (`state`), and on Down / Up drains or re-enables its load-balancer member
 //! and alerts on-call. Only the leader acts; a loop that runs late stops acting (`state::Tilt`).
 
+pub mod alert;
 pub mod lb;
 pub mod probe;
 pub mod role;

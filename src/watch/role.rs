@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 
+use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
 use super::probe::{Credentials, probe};
 use super::state::{Event, FlapPolicy, Thresholds, Tilt, Tracker};
@@ -64,6 +65,7 @@ impl WatchMetrics {
 }
 
 pub struct WatchRole {
+    region: String,
     config: WatchConfig,
     credentials: Credentials,
     metrics: WatchMetrics,
@@ -78,7 +80,7 @@ impl WatchRole {
             mysql: local.map(|r| (r.mysql.user.clone(), r.mysql.password.clone())),
             redis_password: local.and_then(|r| r.redis.as_ref()).and_then(|r| r.password.clone()),
         };
-        Some(Self { config: watch, credentials, metrics })
+        Some(Self { region: config.region.clone(), config: watch, credentials, metrics })
     }
 }
 
@@ -122,6 +124,38 @@ struct Shared {
     credentials: Credentials,
     reporter: crate::status::RoleReporter,
     shutdown: tokio_util::sync::CancellationToken,
+    alerter: Option<Alerter>,
+    region: String,
+}
+
+impl Shared {
+    fn alert_labels(&self, name: &str, target: &TargetConfig) -> BTreeMap<String, String> {
+        [
+            ("alertname", name),
+            ("region", self.region.as_str()),
+            ("target", target.name.as_str()),
+            ("kind", target.probe.kind()),
+            ("severity", if name == "FerryTargetFlapping" { "warning" } else { "critical" }),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+    }
+
+    fn fire(&self, name: &str, target: &TargetConfig, summary: String, description: String) {
+        if let Some(alerter) = &self.alerter {
+            let annotations = [("summary".to_string(), summary), ("description".to_string(), description)]
+                .into_iter()
+                .collect();
+            alerter.fire(Alert { labels: self.alert_labels(name, target), annotations });
+        }
+    }
+
+    fn resolve(&self, name: &str, target: &TargetConfig) {
+        if let Some(alerter) = &self.alerter {
+            alerter.resolve(&self.alert_labels(name, target));
+        }
+    }
 }
 
 impl Shared {
@@ -151,6 +185,14 @@ impl Role for WatchRole {
                 credentials: self.credentials.clone(),
                 reporter: ctx.reporter.clone(),
                 shutdown: ctx.shutdown.clone(),
+                alerter: self.config.alertmanager.as_ref().and_then(|am| match Alerter::start(&am.url) {
+                    Ok(a) => Some(a),
+                    Err(e) => {
+                        tracing::error!(error = %e, "watch.alertmanager: alerts go to the log and metrics only");
+                        None
+                    }
+                }),
+                region: self.region.clone(),
             });
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
@@ -222,6 +264,30 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                 .transitions
                 .get_or_create(&TransitionLabels { target: target.name.clone(), to })
                 .inc();
+            match event {
+                Event::WentDown => shared.fire(
+                    "FerryTargetDown",
+                    &target,
+                    format!("{} ({}) is down", target.name, target.probe.address()),
+                    format!(
+                        "{} consecutive {} probes failed; last: {}",
+                        target.failure_threshold,
+                        target.probe.kind(),
+                        detail.clone().unwrap_or_default()
+                    ),
+                ),
+                Event::WentUp => {
+                    for name in ["FerryTargetDown", "FerryTargetFlapping", "FerryLastMemberKept"] {
+                        shared.resolve(name, &target);
+                    }
+                }
+                Event::HeldDown { .. } => shared.fire(
+                    "FerryTargetFlapping",
+                    &target,
+                    format!("{} is flapping and held down", target.name),
+                    detail.clone().unwrap_or_default(),
+                ),
+            }
             record(&shared, &target.name, "transition", to, detail);
             member.wanted_in = matches!(event, Event::WentUp);
         }
@@ -229,7 +295,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             && member.known_in != Some(member.wanted_in)
         {
             if acting {
-                act(&shared, &target.name, lb, &mut member).await;
+                act(&shared, &target, lb, &mut member).await;
             } else {
                 let action = if member.wanted_in { "put_back" } else { "take_out" };
                 count(&shared, &target.name, action, "skipped_tilted");
@@ -264,7 +330,8 @@ fn record(shared: &Shared, target: &str, kind: &str, what: &str, detail: Option<
 }
 
 /// Move the member to where it should be; read back; journal and count the result.
-async fn act(shared: &Shared, target: &str, lb: &LbMember, member: &mut Membership) {
+async fn act(shared: &Shared, config: &TargetConfig, lb: &LbMember, member: &mut Membership) {
+    let target = config.name.as_str();
     let LbMember::Haproxy { api, backend, server, down_state } = lb;
     let started = Instant::now();
     let (action, result) = if member.wanted_in {
@@ -285,6 +352,14 @@ async fn act(shared: &Shared, target: &str, lb: &LbMember, member: &mut Membersh
         Ok(Outcome::Done | Outcome::Already) => member.known_in = Some(member.wanted_in),
         Ok(Outcome::LastMember) => {
             tracing::error!(%target, %backend, %server, "not taking out the last serving member of the backend");
+            shared.fire(
+                "FerryLastMemberKept",
+                config,
+                format!("{target} is down but is the last serving member of {backend}"),
+                format!(
+                    "ferry did not take {backend}/{server} out: no other member of the backend is serving"
+                ),
+            );
         }
         Err(e) => tracing::warn!(%target, error = %e, "load-balancer action failed; retrying next tick"),
     }

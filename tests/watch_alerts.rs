@@ -1,0 +1,150 @@
+//! Alerts to on-call: `ferry run` watching a TCP target posts a firing alert to an
+//! Alertmanager API v2 receiver when the target goes down (retrying when the receiver fails)
+//! and the resolved alert when it is back.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+mod common;
+use common::Reaped;
+
+/// A stand-in Alertmanager: records every `POST /api/v2/alerts` body; answers 503 to the first
+/// `fail_first` posts, then 202.
+async fn receiver(fail_first: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<serde_json::Value>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let out = got.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            let (got, seen) = (got.clone(), seen.clone());
+            tokio::spawn(async move {
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                let body = loop {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&raw).to_string();
+                    if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                        let len: usize = head
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase()
+                                    .strip_prefix("content-length:")
+                                    .map(|v| v.trim().parse().unwrap())
+                            })
+                            .unwrap_or(0);
+                        if body.len() >= len {
+                            assert!(head.starts_with("POST /api/v2/alerts "), "{head}");
+                            break body.to_string();
+                        }
+                    }
+                };
+                let n = seen.fetch_add(1, Ordering::SeqCst);
+                let status = if n < fail_first { "503 Service Unavailable" } else { "202 Accepted" };
+                if n >= fail_first {
+                    got.lock().unwrap().push(serde_json::from_str(&body).unwrap());
+                }
+                let _ =
+                    s.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes()).await;
+            });
+        }
+    });
+    (addr, out)
+}
+
+/// A TCP target that accepts while it runs.
+fn serve(listener: TcpListener) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            if let Ok((s, _)) = listener.accept().await {
+                drop(s);
+            }
+        }
+    })
+}
+
+/// The delivered alerts named `name`: (labels, has endsAt).
+fn delivered(
+    got: &Mutex<Vec<serde_json::Value>>,
+    name: &str,
+) -> Vec<(serde_json::Value, serde_json::Value, bool)> {
+    got.lock()
+        .unwrap()
+        .iter()
+        .flat_map(|batch| batch.as_array().cloned().unwrap_or_default())
+        .filter(|a| a["labels"]["alertname"] == name)
+        .map(|a| (a["labels"].clone(), a["annotations"].clone(), a.get("endsAt").is_some()))
+        .collect()
+}
+
+async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    while !check() {
+        assert!(started.elapsed() < limit, "{what} within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_target_going_down_and_up_fires_and_resolves_an_alert() {
+    let (am, got) = receiver(1).await;
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let serving = serve(target);
+    let dir = tempfile::tempdir().unwrap();
+    let http = std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        ferry::sandbox::pick_port([127, 0, 0, 1].into(), None).unwrap(),
+    ));
+    let config = dir.path().join("east.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "region: east\nregions:\n  east:\n    priority: 1\n    mysql: {{ user: u, password: p, gtid_domain_id: 1, \
+             primary: {{ host: 127.0.0.1, port: 9, server_id: 1 }} }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
+             http: {{ listen: \"{http}\" }}\nwatch:\n  alertmanager: {{ url: \"http://{am}\" }}\n  targets:\n    \
+             - name: orders-db\n      probe: {{ tcp: {{ address: \"{target_addr}\" }} }}\n      interval: 200ms\n      \
+             timeout: 100ms\n      failure_threshold: 2\n      recovery_threshold: 2\n"
+        ),
+    )
+    .unwrap();
+    let _ferry = Reaped(common::spawn_ferry(&config, &dir.path().join("ferry.log")));
+    wait_for("ferry ready", Duration::from_secs(30), || std::net::TcpStream::connect(http).is_ok()).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert!(delivered(&got, "FerryTargetDown").is_empty(), "nothing fires while the target is up");
+
+    serving.abort();
+    let _ = serving.await;
+    let fired = wait_for("the firing alert, after one failed post", Duration::from_secs(10), || {
+        !delivered(&got, "FerryTargetDown").is_empty()
+    })
+    .await;
+    let (labels, annotations, resolved) = delivered(&got, "FerryTargetDown")[0].clone();
+    assert!(!resolved, "firing first");
+    assert_eq!(labels["region"], "east");
+    assert_eq!(labels["target"], "orders-db");
+    assert_eq!(labels["kind"], "tcp");
+    assert_eq!(labels["severity"], "critical");
+    assert!(annotations["summary"].as_str().unwrap().contains("orders-db"), "{annotations}");
+
+    let again = TcpListener::bind(target_addr).await.unwrap();
+    let _serving = serve(again);
+    let back = wait_for("the resolved alert", Duration::from_secs(10), || {
+        delivered(&got, "FerryTargetDown").iter().any(|(_, _, resolved)| *resolved)
+    })
+    .await;
+    println!(
+        "alert delivered {fired:?} after the target stopped (one 503 retried); resolved {back:?} after it came back"
+    );
+}
