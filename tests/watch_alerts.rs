@@ -1,6 +1,7 @@
 //! Alerts to on-call: `ferry run` watching a TCP target posts a firing alert to an
 //! Alertmanager API v2 receiver when the target goes down (retrying when the receiver fails)
-//! and the resolved alert when it is back.
+//! and the resolved alert when it is back. With two instances sharing a Redis lease, only the
+//! leader acts; when it is killed, the other takes over and acts once.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -60,6 +61,34 @@ async fn receiver(fail_first: usize) -> (std::net::SocketAddr, Arc<Mutex<Vec<ser
         }
     });
     (addr, out)
+}
+
+/// A config watching the TCP target `target` and alerting `am`, with `extra` appended to the
+/// `watch` section; its HTTP address.
+fn watch_config(
+    dir: &std::path::Path,
+    name: &str,
+    am: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+    extra: &str,
+) -> (std::path::PathBuf, std::net::SocketAddr) {
+    let http = std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        ferry::sandbox::pick_port([127, 0, 0, 1].into(), None).unwrap(),
+    ));
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "region: east\nregions:\n  east:\n    priority: 1\n    mysql: {{ user: u, password: p, gtid_domain_id: 1, \
+             primary: {{ host: 127.0.0.1, port: 9, server_id: 1 }} }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
+             http: {{ listen: \"{http}\" }}\nwatch:\n  alertmanager: {{ url: \"http://{am}\" }}\n  targets:\n    \
+             - name: orders-db\n      probe: {{ tcp: {{ address: \"{target}\" }} }}\n      interval: 200ms\n      \
+             timeout: 100ms\n      failure_threshold: 2\n      recovery_threshold: 2\n{extra}"
+        ),
+    )
+    .unwrap();
+    (config, http)
 }
 
 /// A TCP target that accepts while it runs.
@@ -147,4 +176,82 @@ async fn a_target_going_down_and_up_fires_and_resolves_an_alert() {
     println!(
         "alert delivered {fired:?} after the target stopped (one 503 retried); resolved {back:?} after it came back"
     );
+}
+
+/// `ferry_watch_leader` of the instance at `http`.
+async fn leading(http: std::net::SocketAddr) -> bool {
+    match ferry::sandbox::http_get(http, "/metrics").await {
+        Ok((200, m)) => m.lines().any(|l| l == "ferry_watch_leader 1"),
+        _ => false,
+    }
+}
+
+/// Posts that carried a firing `FerryTargetDown`.
+fn firing_posts(got: &Mutex<Vec<serde_json::Value>>) -> usize {
+    got.lock()
+        .unwrap()
+        .iter()
+        .filter(|batch| {
+            batch.as_array().is_some_and(|b| {
+                b.iter().any(|a| a["labels"]["alertname"] == "FerryTargetDown" && a.get("endsAt").is_none())
+            })
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn only_the_lease_holder_acts_and_the_other_takes_over_when_it_dies() {
+    let redis = ferry::sandbox::RedisServer::start_temp("lease-redis").await.unwrap();
+    let (am, got) = receiver(0).await;
+    let target = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target_addr = target.local_addr().unwrap();
+    let mut serving = serve(target);
+    let dir = tempfile::tempdir().unwrap();
+    let lease = format!("  leader: {{ redis: \"{}\", ttl: 1500ms }}\n", redis.addr());
+    let (a_cfg, a_http) = watch_config(dir.path(), "a", am, target_addr, &lease);
+    let (b_cfg, b_http) = watch_config(dir.path(), "b", am, target_addr, &lease);
+    let mut a = Some(Reaped(common::spawn_ferry(&a_cfg, &dir.path().join("a.log"))));
+    let mut b = Some(Reaped(common::spawn_ferry(&b_cfg, &dir.path().join("b.log"))));
+    let mut both = (false, false);
+    wait_for("one leader", Duration::from_secs(15), || {
+        both = futures_lite_poll(async move { (leading(a_http).await, leading(b_http).await) });
+        both.0 ^ both.1
+    })
+    .await;
+    // Both watch the target; only the leader posts when it goes down.
+    serving.abort();
+    let _ = serving.await;
+    wait_for("a firing alert", Duration::from_secs(5), || firing_posts(&got) > 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(firing_posts(&got), 1, "one instance acted: {:#?}", got.lock().unwrap());
+    serving = serve(TcpListener::bind(target_addr).await.unwrap());
+    wait_for("the resolved alert", Duration::from_secs(5), || {
+        delivered(&got, "FerryTargetDown").iter().any(|d| d.2)
+    })
+    .await;
+
+    // Kill the leader; the other takes the lease over and acts, once.
+    let (dead, survivor) = if both.0 { (&mut a, b_http) } else { (&mut b, a_http) };
+    dead.take();
+    let took_over =
+        wait_for("the survivor leads", Duration::from_secs(10), || futures_lite_poll(leading(survivor)))
+            .await;
+    let before = firing_posts(&got);
+    serving.abort();
+    let _ = serving.await;
+    wait_for("the new leader's alert", Duration::from_secs(5), || firing_posts(&got) > before).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(firing_posts(&got), before + 1, "the new leader acted once");
+    println!("the survivor led {took_over:?} after the leader was killed (lease ttl 1.5 s)");
+    drop((a, b));
+}
+
+/// Run a short future to completion from a synchronous check (the test's runtime is
+/// current-thread, so a nested runtime on another thread does it).
+fn futures_lite_poll<T: Send + 'static>(fut: impl std::future::Future<Output = T> + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(fut)
+    })
+    .join()
+    .unwrap()
 }

@@ -25,6 +25,27 @@ pub struct WatchConfig {
     /// Where alerts go (Alertmanager API v2). Absent = metrics and log only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub alertmanager: Option<AlertmanagerConfig>,
+    /// When several ferry instances watch the same targets: only the holder of this lease
+    /// acts. Absent = this instance acts alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<LeaderConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaderConfig {
+    /// The Redis holding the lease (`host:port`; the local region's Redis password is used).
+    pub redis: String,
+    /// The lease's key (default `ferry:watch:leader:<region>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// How long a lease lasts without renewal (renewed every third of it).
+    #[serde(default = "default_lease_ttl", with = "humantime_serde")]
+    pub ttl: Duration,
+}
+
+fn default_lease_ttl() -> Duration {
+    Duration::from_secs(6)
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

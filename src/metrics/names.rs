@@ -133,12 +133,17 @@ pub const WATCH_TRANSITIONS: MetricName = m(
 pub const WATCH_ACTIONS: MetricName = m(
     "ferry_watch_actions",
     Counter,
-    "Actions taken on a target's load-balancer member (labels: target, action: take_out, put_back; result: done, already, refused_last_member, failed, skipped_tilted)",
+    "Actions taken on a target's load-balancer member (labels: target, action: take_out, put_back; result: done, already, refused_last_member, failed, skipped_tilted, skipped_not_leader)",
 );
 pub const WATCH_TILTED: MetricName = m(
     "ferry_watch_tilted",
     Gauge,
     "1 while the watch loop distrusts itself (its ticks ran late: the process stalled or the clock jumped) and does not act",
+);
+pub const WATCH_LEADER: MetricName = m(
+    "ferry_watch_leader",
+    Gauge,
+    "1 while this instance holds the watch lease (or acts alone, with no lease configured), 0 otherwise",
 );
 pub const APPLY_ERRORS: MetricName = m(
     "ferry_apply_errors",
@@ -199,6 +204,7 @@ pub const ALL: &[MetricName] = &[
     WATCH_TRANSITIONS,
     WATCH_ACTIONS,
     WATCH_TILTED,
+    WATCH_LEADER,
     APPLY_COLLECTED,
     APPLY_ERRORS,
     APPLY_LAG,

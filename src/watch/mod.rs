@@ -4,6 +4,7 @@
 
 pub mod alert;
 pub mod lb;
+pub mod leader;
 pub mod probe;
 pub mod role;
 pub mod state;

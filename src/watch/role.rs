@@ -4,7 +4,7 @@
 //! failed action is retried and an action skipped while the loop distrusted itself (late
 //! ticks) happens once it is on time again.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -16,6 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
+use super::leader::{Leadership, Lease};
 use super::probe::{Credentials, probe};
 use super::state::{Event, FlapPolicy, Thresholds, Tilt, Tracker};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
@@ -49,6 +50,7 @@ pub struct WatchMetrics {
     pub transitions: Family<TransitionLabels, Counter>,
     pub actions: Family<ActionLabels, Counter>,
     pub tilted: Gauge,
+    pub leader: Gauge,
 }
 
 impl WatchMetrics {
@@ -60,6 +62,7 @@ impl WatchMetrics {
         metrics.register(names::WATCH_TRANSITIONS, m.transitions.clone());
         metrics.register(names::WATCH_ACTIONS, m.actions.clone());
         metrics.register(names::WATCH_TILTED, m.tilted.clone());
+        metrics.register(names::WATCH_LEADER, m.leader.clone());
         m
     }
 }
@@ -126,6 +129,8 @@ struct Shared {
     shutdown: tokio_util::sync::CancellationToken,
     alerter: Option<Alerter>,
     region: String,
+    leadership: Arc<Leadership>,
+    lease: Option<Lease>,
 }
 
 impl Shared {
@@ -162,7 +167,12 @@ impl Shared {
     fn publish(&self) {
         let tilted = self.tilted.load(Ordering::Relaxed) > 0;
         self.metrics.tilted.set(i64::from(tilted));
-        let details = self.board.lock().map(|b| b.json(tilted)).unwrap_or_default();
+        let epoch = self.leadership.epoch();
+        self.metrics.leader.set(i64::from(epoch.is_some()));
+        let mut details = self.board.lock().map(|b| b.json(tilted)).unwrap_or_default();
+        details["leader"] =
+            serde_json::json!({ "leading": epoch.is_some(), "epoch": epoch, "lease": self.lease.is_some() });
+        details["acting"] = (epoch.is_some() && !tilted).into();
         self.reporter.set_details(details);
     }
 }
@@ -178,6 +188,17 @@ impl Role for WatchRole {
 
     fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
         Box::pin(async move {
+            let lease = match &self.config.leader {
+                None => None,
+                Some(l) => {
+                    let url = match &self.credentials.redis_password {
+                        Some(p) => format!("redis://:{}@{}/", p.expose(), l.redis),
+                        None => format!("redis://{}/", l.redis),
+                    };
+                    let key = l.key.clone().unwrap_or_else(|| format!("ferry:watch:leader:{}", self.region));
+                    Some(Lease::start(&url, &key, l.ttl).map_err(|e| anyhow::anyhow!(e))?)
+                }
+            };
             let shared = Arc::new(Shared {
                 board: Mutex::new(Board { limit: self.config.journal.max(1), ..Board::default() }),
                 tilted: AtomicUsize::new(0),
@@ -193,6 +214,8 @@ impl Role for WatchRole {
                     }
                 }),
                 region: self.region.clone(),
+                leadership: lease.as_ref().map_or_else(Leadership::alone, |l| l.leadership.clone()),
+                lease,
             });
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
@@ -211,6 +234,23 @@ impl Role for WatchRole {
 struct Membership {
     wanted_in: bool,
     known_in: Option<bool>,
+    /// Taking it out was refused: it is the last member serving.
+    kept_last: bool,
+}
+
+/// The alerts a target's state calls for.
+fn wanted_alerts(tracker: &Tracker, member: &Membership) -> BTreeSet<&'static str> {
+    let mut out = BTreeSet::new();
+    if !tracker.health().is_serving() {
+        out.insert("FerryTargetDown");
+    }
+    if tracker.held_until().is_some() {
+        out.insert("FerryTargetFlapping");
+    }
+    if member.kept_last && !member.wanted_in {
+        out.insert("FerryLastMemberKept");
+    }
+    out
 }
 
 async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shared>) {
@@ -223,7 +263,8 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
     let thresholds = Thresholds { failure: target.failure_threshold, recovery: target.recovery_threshold };
     let mut tracker = Tracker::new(thresholds, flap);
     let mut tilt = Tilt::new(watch.tick_tolerance, watch.on_time_ticks);
-    let mut member = Membership { wanted_in: true, known_in: None };
+    let mut member = Membership { wanted_in: true, known_in: None, kept_last: false };
+    let mut alerts_sent: BTreeSet<&'static str> = BTreeSet::new();
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -264,42 +305,68 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                 .transitions
                 .get_or_create(&TransitionLabels { target: target.name.clone(), to })
                 .inc();
-            match event {
-                Event::WentDown => shared.fire(
-                    "FerryTargetDown",
-                    &target,
-                    format!("{} ({}) is down", target.name, target.probe.address()),
-                    format!(
-                        "{} consecutive {} probes failed; last: {}",
-                        target.failure_threshold,
-                        target.probe.kind(),
-                        detail.clone().unwrap_or_default()
-                    ),
-                ),
-                Event::WentUp => {
-                    for name in ["FerryTargetDown", "FerryTargetFlapping", "FerryLastMemberKept"] {
-                        shared.resolve(name, &target);
-                    }
-                }
-                Event::HeldDown { .. } => shared.fire(
-                    "FerryTargetFlapping",
-                    &target,
-                    format!("{} is flapping and held down", target.name),
-                    detail.clone().unwrap_or_default(),
-                ),
-            }
             record(&shared, &target.name, "transition", to, detail);
             member.wanted_in = matches!(event, Event::WentUp);
+            member.kept_last = false;
+        }
+        // Only the leader acts, and only with an epoch Redis still confirms.
+        let epoch = shared.leadership.epoch();
+        let pending_lb = target.lb.is_some() && member.known_in != Some(member.wanted_in);
+        let mut allowed = acting && epoch.is_some();
+        if allowed
+            && (pending_lb || wanted_alerts(&tracker, &member) != alerts_sent)
+            && let (Some(lease), Some(e)) = (&shared.lease, epoch)
+            && !lease.fenced(e).await
+        {
+            tracing::warn!(target = %target.name, epoch = e, "watch: epoch no longer current; not acting");
+            allowed = false;
+        }
+        if !allowed {
+            // Whoever acts next starts from what the target needs, not from what was sent.
+            alerts_sent.clear();
         }
         if let Some(lb) = &target.lb
-            && member.known_in != Some(member.wanted_in)
+            && pending_lb
         {
-            if acting {
-                act(&shared, &target, lb, &mut member).await;
+            if allowed {
+                act(&shared, &target, lb, &mut member, epoch).await;
             } else {
                 let action = if member.wanted_in { "put_back" } else { "take_out" };
-                count(&shared, &target.name, action, "skipped_tilted");
+                let why = if acting { "skipped_not_leader" } else { "skipped_tilted" };
+                count(&shared, &target.name, action, why);
             }
+        }
+        if allowed {
+            let want_alerts = wanted_alerts(&tracker, &member);
+            for name in want_alerts.difference(&alerts_sent) {
+                let (summary, description) = match *name {
+                    "FerryTargetDown" => (
+                        format!("{} ({}) is down", target.name, target.probe.address()),
+                        format!(
+                            "{} consecutive {} probes failed; last: {}",
+                            target.failure_threshold,
+                            target.probe.kind(),
+                            last_error.clone().unwrap_or_default()
+                        ),
+                    ),
+                    "FerryTargetFlapping" => (
+                        format!("{} is flapping and held down", target.name),
+                        format!(
+                            "more than {} up/down changes within {:?}",
+                            watch.flap.transitions, watch.flap.window
+                        ),
+                    ),
+                    _ => (
+                        format!("{} is down but is the last serving member of its backend", target.name),
+                        "ferry did not take it out: no other member of the backend is serving".to_string(),
+                    ),
+                };
+                shared.fire(name, &target, summary, description);
+            }
+            for name in alerts_sent.difference(&want_alerts) {
+                shared.resolve(name, &target);
+            }
+            alerts_sent = want_alerts;
         }
         if let Ok(mut board) = shared.board.lock() {
             board.targets.insert(
@@ -330,7 +397,13 @@ fn record(shared: &Shared, target: &str, kind: &str, what: &str, detail: Option<
 }
 
 /// Move the member to where it should be; read back; journal and count the result.
-async fn act(shared: &Shared, config: &TargetConfig, lb: &LbMember, member: &mut Membership) {
+async fn act(
+    shared: &Shared,
+    config: &TargetConfig,
+    lb: &LbMember,
+    member: &mut Membership,
+    epoch: Option<u64>,
+) {
     let target = config.name.as_str();
     let LbMember::Haproxy { api, backend, server, down_state } = lb;
     let started = Instant::now();
@@ -351,15 +424,10 @@ async fn act(shared: &Shared, config: &TargetConfig, lb: &LbMember, member: &mut
     match &result {
         Ok(Outcome::Done | Outcome::Already) => member.known_in = Some(member.wanted_in),
         Ok(Outcome::LastMember) => {
-            tracing::error!(%target, %backend, %server, "not taking out the last serving member of the backend");
-            shared.fire(
-                "FerryLastMemberKept",
-                config,
-                format!("{target} is down but is the last serving member of {backend}"),
-                format!(
-                    "ferry did not take {backend}/{server} out: no other member of the backend is serving"
-                ),
-            );
+            if !member.kept_last {
+                tracing::error!(%target, %backend, %server, "not taking out the last serving member of the backend");
+            }
+            member.kept_last = true;
         }
         Err(e) => tracing::warn!(%target, error = %e, "load-balancer action failed; retrying next tick"),
     }
@@ -367,7 +435,7 @@ async fn act(shared: &Shared, config: &TargetConfig, lb: &LbMember, member: &mut
     if let Ok(mut board) = shared.board.lock() {
         board.record(serde_json::json!({
             "at_unix_ms": unix_ms(), "target": target, "kind": "action", "what": action,
-            "member": format!("haproxy {backend}/{server}"), "result": label, "detail": detail,
+            "member": format!("haproxy {backend}/{server}"), "result": label, "detail": detail, "epoch": epoch,
             "duration_ms": took.as_secs_f64() * 1000.0,
         }));
     }
