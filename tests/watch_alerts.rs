@@ -255,3 +255,75 @@ fn futures_lite_poll<T: Send + 'static>(fut: impl std::future::Future<Output = T
     .join()
     .unwrap()
 }
+
+/// A one-shot HTTP server answering every request with `answer` (or never, if None).
+async fn http_stub(answer: Option<&'static str>) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 1024];
+                let _ = s.read(&mut buf).await;
+                match answer {
+                    Some(a) => {
+                        let _ = s.write_all(a.as_bytes()).await;
+                    }
+                    None => tokio::time::sleep(Duration::from_secs(30)).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn each_probe_kind_tells_healthy_from_not() {
+    use ferry::config::{ProbeConfig, Secret};
+    use ferry::watch::probe::{Credentials, probe};
+    let t = Duration::from_secs(2);
+    let none = Credentials::default();
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().to_string()
+    };
+
+    let ok = http_stub(Some("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nready")).await.to_string();
+    let http = |address: &str, status: u16, body: Option<&str>| ProbeConfig::Http {
+        address: address.to_string(),
+        path: "/health/ready".into(),
+        expect_status: status,
+        body_contains: body.map(str::to_string),
+    };
+    assert_eq!(probe(&http(&ok, 200, Some("ready")), &none, t).await, Ok(()));
+    let err = probe(&http(&ok, 200, Some("green")), &none, t).await.unwrap_err();
+    assert!(err.contains("without `green`"), "{err}");
+    let err = probe(&http(&ok, 204, None), &none, t).await.unwrap_err();
+    assert!(err.contains("answered 200, expected 204"), "{err}");
+    let silent = http_stub(None).await.to_string();
+    let err = probe(&http(&silent, 200, None), &none, Duration::from_millis(200)).await.unwrap_err();
+    assert!(err.contains("no answer within"), "{err}");
+    assert!(probe(&http(&closed, 200, None), &none, t).await.is_err());
+    assert_eq!(probe(&ProbeConfig::Tcp { address: ok.clone() }, &none, t).await, Ok(()));
+    assert!(probe(&ProbeConfig::Tcp { address: closed.clone() }, &none, t).await.is_err());
+
+    let redis = ferry::sandbox::RedisServer::start_temp("probe-redis").await.unwrap();
+    let r = ProbeConfig::Redis { address: redis.addr().to_string() };
+    assert_eq!(probe(&r, &none, t).await, Ok(()));
+    assert!(probe(&ProbeConfig::Redis { address: closed.clone() }, &none, t).await.is_err());
+
+    let db = ferry::sandbox::MariaDb::start_temp(ferry::sandbox::MariaDbOptions::test("probe-db", 401, 4))
+        .await
+        .unwrap();
+    let m = ProbeConfig::Mysql { address: db.addr().to_string() };
+    let user = db.options().user.clone();
+    let good = Credentials {
+        mysql: Some((user.clone(), Secret::inline("ferry-test-pw"))),
+        ..Credentials::default()
+    };
+    assert_eq!(probe(&m, &good, t).await, Ok(()));
+    let bad = Credentials { mysql: Some((user, Secret::inline("wrong"))), ..Credentials::default() };
+    let err = probe(&m, &bad, t).await.unwrap_err();
+    assert!(err.contains("connect"), "{err}");
+}

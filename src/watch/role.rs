@@ -230,6 +230,13 @@ impl Role for WatchRole {
     }
 }
 
+/// Wait for the next tick; whether the loop may act (it was on time, see `Tilt`). Lateness is
+/// measured on tokio's clock, the one the interval runs on.
+async fn next_tick(tick: &mut tokio::time::Interval, tilt: &mut Tilt) -> bool {
+    let due = tick.tick().await;
+    tilt.tick(due.into_std(), tokio::time::Instant::now().into_std())
+}
+
 /// Where a target's load-balancer member should be, and where it was last put.
 struct Membership {
     wanted_in: bool,
@@ -268,12 +275,11 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let due = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
-            due = tick.tick() => due,
-        };
         let was_tilted = tilt.is_tilted();
-        let acting = tilt.tick(due.into_std(), Instant::now());
+        let acting = tokio::select! {
+            _ = shared.shutdown.cancelled() => return,
+            acting = next_tick(&mut tick, &mut tilt) => acting,
+        };
         if tilt.is_tilted() != was_tilted {
             let change = if acting { 1usize.wrapping_neg() } else { 1 };
             shared.tilted.fetch_add(change, Ordering::Relaxed);
@@ -438,5 +444,29 @@ async fn act(
             "member": format!("haproxy {backend}/{server}"), "result": label, "detail": detail, "epoch": epoch,
             "duration_ms": took.as_secs_f64() * 1000.0,
         }));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stalled_loop_stops_acting_until_its_ticks_are_on_time_again() {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tilt = Tilt::new(Duration::from_millis(500), 3);
+        assert!(next_tick(&mut tick, &mut tilt).await, "the first tick is on time");
+        assert!(next_tick(&mut tick, &mut tilt).await);
+        // The process stalls for 4 s (nothing runs, the clock moves on).
+        tokio::time::advance(Duration::from_secs(4)).await;
+        assert!(!next_tick(&mut tick, &mut tilt).await, "the tick due 4 s ago arrives late");
+        let mut on_time = 0;
+        while !next_tick(&mut tick, &mut tilt).await {
+            on_time += 1;
+            assert!(on_time < 10, "acting never resumed");
+        }
+        assert_eq!(on_time, 2, "acting resumes on the third on-time tick");
     }
 }
