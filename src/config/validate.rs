@@ -235,6 +235,16 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                     None,
                 );
             }
+            if let Some(member @ super::LbMember::Kubernetes { namespace, pod, peers, .. }) = &target.lb {
+                for (key, value) in [("namespace", namespace), ("pod", pod), ("peers", peers)] {
+                    if value.trim().is_empty() {
+                        push(format!("{at}.lb.kubernetes.{key}"), "must not be empty".into(), None);
+                    }
+                }
+                if member.kube_switch().is_none() {
+                    push(format!("{at}.lb.kubernetes"), "set exactly one of `gate` and `label`".into(), None);
+                }
+            }
             if let Some(super::LbMember::Haproxy { api, backend, server, .. }) = &target.lb {
                 for (key, value) in [("api", api), ("backend", backend), ("server", server)] {
                     if value.trim().is_empty() {

@@ -152,6 +152,48 @@ pub enum LbMember {
         #[serde(default)]
         down_state: DownState,
     },
+    /// A pod behind a Kubernetes Service: taken out by a readiness gate condition (`gate`,
+    /// listed in the pod's `readinessGates`) or by a label the Service selects on (`label`,
+    /// set to `false`); exactly one of the two.
+    Kubernetes {
+        namespace: String,
+        pod: String,
+        /// Label selector of the pods behind the same Service: the last Ready one is never
+        /// taken out.
+        peers: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        gate: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        label: Option<String>,
+    },
+}
+
+/// How a Kubernetes member is taken out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KubeSwitch {
+    /// A readiness gate condition type.
+    Gate(String),
+    /// A label key (`true` in, `false` out).
+    Label(String),
+}
+
+impl LbMember {
+    /// The Kubernetes switch, if this is a valid Kubernetes member.
+    pub fn kube_switch(&self) -> Option<KubeSwitch> {
+        match self {
+            LbMember::Kubernetes { gate: Some(g), label: None, .. } => Some(KubeSwitch::Gate(g.clone())),
+            LbMember::Kubernetes { gate: None, label: Some(l), .. } => Some(KubeSwitch::Label(l.clone())),
+            _ => None,
+        }
+    }
+
+    /// How `/status` and the journal name it.
+    pub fn describe(&self) -> String {
+        match self {
+            LbMember::Haproxy { backend, server, .. } => format!("haproxy {backend}/{server}"),
+            LbMember::Kubernetes { namespace, pod, .. } => format!("kubernetes pod {namespace}/{pod}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

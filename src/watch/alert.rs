@@ -41,7 +41,8 @@ pub struct Alerter {
     _task: AbortOnDrop,
 }
 
-fn now_rfc3339() -> String {
+/// Now, as RFC 3339 UTC with milliseconds.
+pub(crate) fn now_rfc3339() -> String {
     let d = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let (y, mo, day, h, mi, s) = crate::model::civil_from_unix(d.as_secs() as i64);
     format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", d.subsec_millis())

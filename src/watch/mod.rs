@@ -3,6 +3,7 @@
 //! and alerts on-call. Only the leader acts; a loop that runs late stops acting (`state::Tilt`).
 
 pub mod alert;
+pub mod kube;
 pub mod lb;
 pub mod leader;
 pub mod probe;

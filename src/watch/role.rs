@@ -131,6 +131,8 @@ struct Shared {
     region: String,
     leadership: Arc<Leadership>,
     lease: Option<Lease>,
+    /// The Kubernetes client, made on first use (in-cluster config or kubeconfig).
+    kube: tokio::sync::OnceCell<kube::Client>,
 }
 
 impl Shared {
@@ -164,6 +166,15 @@ impl Shared {
 }
 
 impl Shared {
+    async fn kube(&self) -> Result<kube::Client, String> {
+        self.kube
+            .get_or_try_init(|| async {
+                kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))
+            })
+            .await
+            .cloned()
+    }
+
     fn publish(&self) {
         let tilted = self.tilted.load(Ordering::Relaxed) > 0;
         self.metrics.tilted.set(i64::from(tilted));
@@ -216,6 +227,7 @@ impl Role for WatchRole {
                 region: self.region.clone(),
                 leadership: lease.as_ref().map_or_else(Leadership::alone, |l| l.leadership.clone()),
                 lease,
+                kube: tokio::sync::OnceCell::new(),
             });
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
@@ -411,19 +423,31 @@ async fn act(
     epoch: Option<u64>,
 ) {
     let target = config.name.as_str();
-    let LbMember::Haproxy { api, backend, server, down_state } = lb;
+    let described = lb.describe();
     let started = Instant::now();
-    let (action, result) = if member.wanted_in {
-        ("put_back", lb::put_back(api, backend, server).await)
-    } else {
-        ("take_out", lb::take_out(api, backend, server, *down_state).await)
+    let action = if member.wanted_in { "put_back" } else { "take_out" };
+    let result = match lb {
+        LbMember::Haproxy { api, backend, server, down_state } => {
+            if member.wanted_in {
+                lb::put_back(api, backend, server).await
+            } else {
+                lb::take_out(api, backend, server, *down_state).await
+            }
+        }
+        LbMember::Kubernetes { namespace, pod, peers, .. } => match (shared.kube().await, lb.kube_switch()) {
+            (Ok(client), Some(switch)) => {
+                super::kube::set_member(client, namespace, pod, peers, &switch, member.wanted_in).await
+            }
+            (Err(e), _) => Err(e),
+            (_, None) => Err("set exactly one of gate and label".into()),
+        },
     };
     let took = started.elapsed();
     let (label, detail) = match &result {
         Ok(Outcome::Done) => ("done", None),
         Ok(Outcome::Already) => ("already", None),
         Ok(Outcome::LastMember) => {
-            ("refused_last_member", Some(format!("{backend}/{server} is the last member serving")))
+            ("refused_last_member", Some(format!("{described} is the last member serving")))
         }
         Err(e) => ("failed", Some(e.clone())),
     };
@@ -431,7 +455,7 @@ async fn act(
         Ok(Outcome::Done | Outcome::Already) => member.known_in = Some(member.wanted_in),
         Ok(Outcome::LastMember) => {
             if !member.kept_last {
-                tracing::error!(%target, %backend, %server, "not taking out the last serving member of the backend");
+                tracing::error!(%target, member = %described, "not taking out the last serving member");
             }
             member.kept_last = true;
         }
@@ -441,7 +465,7 @@ async fn act(
     if let Ok(mut board) = shared.board.lock() {
         board.record(serde_json::json!({
             "at_unix_ms": unix_ms(), "target": target, "kind": "action", "what": action,
-            "member": format!("haproxy {backend}/{server}"), "result": label, "detail": detail, "epoch": epoch,
+            "member": described, "result": label, "detail": detail, "epoch": epoch,
             "duration_ms": took.as_secs_f64() * 1000.0,
         }));
     }
