@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 pub use watch::{
-    AlertmanagerConfig, DownState, FlapConfig, HaproxyApi, KubeSwitch, LbMember, LeaderConfig, ProbeConfig,
-    TargetConfig, WatchConfig, haproxy_api,
+    AlertmanagerConfig, DownState, FlapConfig, HaproxyApi, KubeLeaseConfig, KubeSwitch, LbMember,
+    LeaderConfig, ProbeConfig, TargetConfig, WatchConfig, haproxy_api,
 };
 
 impl MysqlConfig {

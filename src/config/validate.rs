@@ -193,10 +193,13 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                 None,
             );
         }
-        if let Some(leader) = &watch.leader
-            && leader.ttl < Duration::from_secs(1)
-        {
-            push("watch.leader.ttl".into(), "must be at least 1s".into(), None);
+        if let Some(leader) = &watch.leader {
+            if leader.ttl < Duration::from_secs(1) {
+                push("watch.leader.ttl".into(), "must be at least 1s".into(), None);
+            }
+            if leader.redis.is_some() == leader.kubernetes.is_some() {
+                push("watch.leader".into(), "set exactly one of `redis` and `kubernetes`".into(), None);
+            }
         }
         if watch.flap.transitions == 0 {
             push("watch.flap.transitions".into(), "must be at least 1".into(), None);

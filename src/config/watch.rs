@@ -34,14 +34,28 @@ pub struct WatchConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LeaderConfig {
-    /// The Redis holding the lease (`host:port`; the local region's Redis password is used).
-    pub redis: String,
-    /// The lease's key (default `ferry:watch:leader:<region>`).
+    /// A Redis holding the lease (`host:port`; the local region's Redis password is used).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<String>,
+    /// The Redis key (default `ferry:watch:leader:<region>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// Or a Kubernetes Lease (coordination.k8s.io/v1; needs RBAC to get, create and patch
+    /// leases in the namespace). Exactly one of `redis` and `kubernetes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<KubeLeaseConfig>,
     /// How long a lease lasts without renewal (renewed every third of it).
     #[serde(default = "default_lease_ttl", with = "humantime_serde")]
     pub ttl: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubeLeaseConfig {
+    pub namespace: String,
+    /// The Lease's name (default `ferry-watch-<region>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 fn default_lease_ttl() -> Duration {

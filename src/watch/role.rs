@@ -16,7 +16,7 @@ use prometheus_client::metrics::gauge::Gauge;
 
 use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
-use super::leader::{Leadership, Lease};
+use super::leader::{Holder, KubeLease, Leadership, Lease};
 use super::probe::{Credentials, probe};
 use super::state::{Event, FlapPolicy, Thresholds, Tilt, Tracker};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
@@ -130,7 +130,7 @@ struct Shared {
     alerter: Option<Alerter>,
     region: String,
     leadership: Arc<Leadership>,
-    lease: Option<Lease>,
+    lease: Option<Holder>,
     /// The Kubernetes client, made on first use (in-cluster config or kubeconfig).
     kube: tokio::sync::OnceCell<kube::Client>,
 }
@@ -188,6 +188,31 @@ impl Shared {
     }
 }
 
+impl WatchRole {
+    /// Start holding (or trying for) the configured lease.
+    async fn lease(&self, l: &crate::config::LeaderConfig) -> Result<Holder, String> {
+        match (&l.redis, &l.kubernetes) {
+            (Some(redis), _) => {
+                let url = match &self.credentials.redis_password {
+                    Some(p) => format!("redis://:{}@{redis}/", p.expose()),
+                    None => format!("redis://{redis}/"),
+                };
+                let key = l.key.clone().unwrap_or_else(|| format!("ferry:watch:leader:{}", self.region));
+                Lease::start(&url, &key, l.ttl).map(Holder::Redis)
+            }
+            (None, Some(k)) => {
+                let client =
+                    kube::Client::try_default().await.map_err(|e| format!("Kubernetes client: {e}"))?;
+                let name = k.name.clone().unwrap_or_else(|| format!("ferry-watch-{}", self.region));
+                KubeLease::start(client, &k.namespace, &name, &Holder::identity(), l.ttl)
+                    .await
+                    .map(Holder::Kube)
+            }
+            (None, None) => Err("watch.leader: set redis or kubernetes".into()),
+        }
+    }
+}
+
 impl Role for WatchRole {
     fn name(&self) -> &str {
         "watch"
@@ -201,14 +226,7 @@ impl Role for WatchRole {
         Box::pin(async move {
             let lease = match &self.config.leader {
                 None => None,
-                Some(l) => {
-                    let url = match &self.credentials.redis_password {
-                        Some(p) => format!("redis://:{}@{}/", p.expose(), l.redis),
-                        None => format!("redis://{}/", l.redis),
-                    };
-                    let key = l.key.clone().unwrap_or_else(|| format!("ferry:watch:leader:{}", self.region));
-                    Some(Lease::start(&url, &key, l.ttl).map_err(|e| anyhow::anyhow!(e))?)
-                }
+                Some(l) => Some(self.lease(l).await.map_err(|e| anyhow::anyhow!(e))?),
             };
             let shared = Arc::new(Shared {
                 board: Mutex::new(Board { limit: self.config.journal.max(1), ..Board::default() }),
@@ -225,7 +243,7 @@ impl Role for WatchRole {
                     }
                 }),
                 region: self.region.clone(),
-                leadership: lease.as_ref().map_or_else(Leadership::alone, |l| l.leadership.clone()),
+                leadership: lease.as_ref().map_or_else(Leadership::alone, Holder::leadership),
                 lease,
                 kube: tokio::sync::OnceCell::new(),
             });
