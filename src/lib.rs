@@ -4,7 +4,10 @@
 //! Module map (each module's own docs state its contract):
 //! - [`config`]: typed configuration, loading with `FERRY__*` env overrides, validation that
 //!   reports every problem with its YAML path.
-//! - [`apply`]: consuming other regions' changes, applying them exactly once, dead letters.
+//! - [`apply`]: consuming other regions' changes, applying them exactly once (deciding
+//!   conflicts by the rules), dead letters.
+//! - [`conflict`]: the conflict rules (pure), their schema checks, the conflict log.
+//! - [`watch`]: the health loop: probes, state machine, load-balancer members, leases, alerts.
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.

@@ -72,7 +72,15 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
     let ferry_tables: Vec<String> = primary.query("SHOW TABLES FROM ferry").await.unwrap();
     assert_eq!(
         ferry_tables,
-        ["applied", "capture_checkpoint", "conflicts", "heartbeat", "row_origins", "tombstones"]
+        [
+            "applied",
+            "capture_checkpoint",
+            "conflicts",
+            "heartbeat",
+            "row_origins",
+            "tombstones",
+            "watch_probe"
+        ]
     );
     primary
         .query_drop("INSERT INTO psi.warehouses (code, name, region) VALUES ('E1', 'East main', 'east')")

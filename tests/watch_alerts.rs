@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -280,7 +281,7 @@ async fn http_stub(answer: Option<&'static str>) -> std::net::SocketAddr {
 
 #[tokio::test]
 async fn each_probe_kind_tells_healthy_from_not() {
-    use ferry::config::{ProbeConfig, Secret};
+    use ferry::config::{ProbeConfig, RedisRole, Secret};
     use ferry::watch::probe::{Credentials, probe};
     let t = Duration::from_secs(2);
     let none = Credentials::default();
@@ -309,14 +310,22 @@ async fn each_probe_kind_tells_healthy_from_not() {
     assert!(probe(&ProbeConfig::Tcp { address: closed.clone() }, &none, t).await.is_err());
 
     let redis = ferry::sandbox::RedisServer::start_temp("probe-redis").await.unwrap();
-    let r = ProbeConfig::Redis { address: redis.addr().to_string() };
-    assert_eq!(probe(&r, &none, t).await, Ok(()));
-    assert!(probe(&ProbeConfig::Redis { address: closed.clone() }, &none, t).await.is_err());
+    let r = |role| ProbeConfig::Redis { address: redis.addr().to_string(), role };
+    assert_eq!(probe(&r(None), &none, t).await, Ok(()));
+    assert_eq!(probe(&r(Some(RedisRole::Master)), &none, t).await, Ok(()));
+    let err = probe(&r(Some(RedisRole::Replica)), &none, t).await.unwrap_err();
+    assert!(err.contains("ROLE is master"), "{err}");
+    assert!(probe(&ProbeConfig::Redis { address: closed.clone(), role: None }, &none, t).await.is_err());
 
     let db = ferry::sandbox::MariaDb::start_temp(ferry::sandbox::MariaDbOptions::test("probe-db", 401, 4))
         .await
         .unwrap();
-    let m = ProbeConfig::Mysql { address: db.addr().to_string() };
+    let mysql = |db: &ferry::sandbox::MariaDb, heartbeat, max_replica_lag| ProbeConfig::Mysql {
+        address: db.addr().to_string(),
+        heartbeat,
+        max_replica_lag,
+    };
+    let m = mysql(&db, false, None);
     let user = db.options().user.clone();
     let good = Credentials {
         mysql: Some((user.clone(), Secret::inline("ferry-test-pw"))),
@@ -326,4 +335,26 @@ async fn each_probe_kind_tells_healthy_from_not() {
     let bad = Credentials { mysql: Some((user, Secret::inline("wrong"))), ..Credentials::default() };
     let err = probe(&m, &bad, t).await.unwrap_err();
     assert!(err.contains("connect"), "{err}");
+    // The heartbeat write needs the ferry schema and a writable server.
+    let err = probe(&mysql(&db, true, None), &good, t).await.unwrap_err();
+    assert!(err.contains("heartbeat write"), "{err}");
+    let mut c = db.conn().await.unwrap();
+    ferry::schema::install(&mut c).await.unwrap();
+    assert_eq!(probe(&mysql(&db, true, None), &good, t).await, Ok(()));
+    let err = probe(&mysql(&db, false, Some(Duration::from_secs(5))), &good, t).await.unwrap_err();
+    assert!(err.contains("not a replica"), "{err}");
+    let replica = ferry::sandbox::MariaDb::start_idle_replica(
+        ferry::sandbox::MariaDbOptions::test("probe-replica", 402, 4),
+        ferry::sandbox::ServerDir::temp("probe-replica").unwrap(),
+    )
+    .await
+    .unwrap();
+    let lagging = mysql(&replica, false, Some(Duration::from_secs(5)));
+    replica.replicate_from(&db, false).await.unwrap();
+    replica.wait_caught_up(&db).await.unwrap();
+    assert_eq!(probe(&lagging, &good, t).await, Ok(()), "a running replica within the bound");
+    let mut root = replica.root_conn().await.unwrap();
+    root.query_drop("STOP SLAVE").await.unwrap();
+    let err = probe(&lagging, &good, t).await.unwrap_err();
+    assert!(err.contains("not running"), "{err}");
 }

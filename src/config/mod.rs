@@ -21,7 +21,7 @@ pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 pub use watch::{
     AlertmanagerConfig, DownState, FlapConfig, HaproxyApi, KubeLeaseConfig, KubeSwitch, LbMember,
-    LeaderConfig, ProbeConfig, TargetConfig, WatchConfig, haproxy_api,
+    LeaderConfig, ProbeConfig, RedisRole, TargetConfig, WatchConfig, haproxy_api,
 };
 
 impl MysqlConfig {

@@ -126,10 +126,30 @@ pub enum ProbeConfig {
     },
     /// A TCP connection is accepted.
     Tcp { address: String },
-    /// Connect with the local region's MySQL credentials and `SELECT 1`.
-    Mysql { address: String },
-    /// `PING` answers `PONG` (with the local region's Redis password, if any).
-    Redis { address: String },
+    /// Connect with the local region's MySQL credentials and `SELECT 1`; with `heartbeat`,
+    /// also write a row (`ferry.watch_probe`: fails on a read-only server); with
+    /// `max_replica_lag`, also require a running replica at most that far behind.
+    Mysql {
+        address: String,
+        #[serde(default)]
+        heartbeat: bool,
+        #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+        max_replica_lag: Option<Duration>,
+    },
+    /// `PING` answers `PONG` (with the local region's Redis password, if any); with `role`,
+    /// `ROLE` must answer it (`master` or `replica`).
+    Redis {
+        address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<RedisRole>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisRole {
+    Master,
+    Replica,
 }
 
 impl ProbeConfig {
@@ -137,8 +157,8 @@ impl ProbeConfig {
         match self {
             ProbeConfig::Http { address, .. }
             | ProbeConfig::Tcp { address }
-            | ProbeConfig::Mysql { address }
-            | ProbeConfig::Redis { address } => address,
+            | ProbeConfig::Mysql { address, .. }
+            | ProbeConfig::Redis { address, .. } => address,
         }
     }
 

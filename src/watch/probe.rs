@@ -5,7 +5,7 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::config::{ProbeConfig, Secret};
+use crate::config::{ProbeConfig, RedisRole, Secret};
 
 /// Credentials probes borrow from the region's configuration.
 #[derive(Clone, Default)]
@@ -40,7 +40,7 @@ async fn run(config: &ProbeConfig, credentials: &Credentials) -> Result<(), Stri
             .await
             .map(drop)
             .map_err(|e| format!("connect: {e}")),
-        ProbeConfig::Mysql { address } => {
+        ProbeConfig::Mysql { address, heartbeat, max_replica_lag } => {
             let (host, port) = split(address)?;
             let mut opts =
                 mysql_async::OptsBuilder::default().ip_or_hostname(host).tcp_port(port).prefer_socket(false);
@@ -48,11 +48,11 @@ async fn run(config: &ProbeConfig, credentials: &Credentials) -> Result<(), Stri
                 opts = opts.user(Some(user.clone())).pass(Some(password.expose().to_string()));
             }
             let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| format!("connect: {e}"))?;
-            let one: Option<u8> = conn.query_first("SELECT 1").await.map_err(|e| format!("SELECT 1: {e}"))?;
+            let result = mysql_checks(&mut conn, address, *heartbeat, *max_replica_lag).await;
             let _ = conn.disconnect().await;
-            one.filter(|v| *v == 1).map(drop).ok_or_else(|| "SELECT 1 returned nothing".into())
+            result
         }
-        ProbeConfig::Redis { address } => {
+        ProbeConfig::Redis { address, role } => {
             let url = match &credentials.redis_password {
                 Some(p) => format!("redis://:{}@{address}/", p.expose()),
                 None => format!("redis://{address}/"),
@@ -62,9 +62,64 @@ async fn run(config: &ProbeConfig, credentials: &Credentials) -> Result<(), Stri
                 client.get_multiplexed_async_connection().await.map_err(|e| format!("connect: {e}"))?;
             let pong: String =
                 redis::cmd("PING").query_async(&mut conn).await.map_err(|e| format!("PING: {e}"))?;
-            if pong == "PONG" { Ok(()) } else { Err(format!("PING answered {pong}")) }
+            if pong != "PONG" {
+                return Err(format!("PING answered {pong}"));
+            }
+            let Some(want) = role else { return Ok(()) };
+            let answer: redis::Value =
+                redis::cmd("ROLE").query_async(&mut conn).await.map_err(|e| format!("ROLE: {e}"))?;
+            let is = match answer {
+                redis::Value::Array(items) => match items.first() {
+                    Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                    Some(redis::Value::SimpleString(s)) => s.clone(),
+                    other => format!("{other:?}"),
+                },
+                other => format!("{other:?}"),
+            };
+            let wanted = match want {
+                RedisRole::Master => "master",
+                RedisRole::Replica => "slave",
+            };
+            if is == wanted { Ok(()) } else { Err(format!("ROLE is {is}, expected {wanted}")) }
         }
     }
+}
+
+/// `SELECT 1`, then the optional heartbeat write and replica lag check.
+async fn mysql_checks(
+    conn: &mut mysql_async::Conn,
+    address: &str,
+    heartbeat: bool,
+    max_replica_lag: Option<Duration>,
+) -> Result<(), String> {
+    let one: Option<u8> = conn.query_first("SELECT 1").await.map_err(|e| format!("SELECT 1: {e}"))?;
+    if one != Some(1) {
+        return Err("SELECT 1 returned nothing".into());
+    }
+    if heartbeat {
+        conn.exec_drop(
+            "INSERT INTO ferry.watch_probe (target, probed_at) VALUES (?, NOW(6)) \
+             ON DUPLICATE KEY UPDATE probed_at = VALUES(probed_at)",
+            (address,),
+        )
+        .await
+        .map_err(|e| format!("heartbeat write: {e}"))?;
+    }
+    if let Some(max) = max_replica_lag {
+        let rows: Vec<mysql_async::Row> =
+            conn.query("SHOW SLAVE STATUS").await.map_err(|e| format!("SHOW SLAVE STATUS: {e}"))?;
+        let row = rows.first().ok_or("not a replica (SHOW SLAVE STATUS is empty)")?;
+        let lag: Option<u64> =
+            row.get_opt::<Option<u64>, _>("Seconds_Behind_Master").and_then(Result::ok).flatten();
+        match lag {
+            None => return Err("replication is not running (Seconds_Behind_Master is NULL)".into()),
+            Some(s) if Duration::from_secs(s) > max => {
+                return Err(format!("replica lag {s} s exceeds {max:?}"));
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 fn split(address: &str) -> Result<(String, u16), String> {
