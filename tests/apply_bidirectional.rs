@@ -9,8 +9,7 @@ use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas,
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{FERRY, region_yaml};
-const TABLES: &[&str] = &["products", "warehouses", "stock", "customers", "orders", "order_items"];
+use common::{FERRY, dump, region_yaml, wait_ready};
 
 fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
     let mut o = MariaDbOptions::test(name, server_id, domain);
@@ -70,32 +69,6 @@ impl Drop for Ferry {
             );
         }
     }
-}
-
-async fn wait_ready(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(http_get(addr, "/health/ready").await, Ok((200, _))) {
-        assert!(Instant::now() < deadline, "ferry on {addr} never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every row of every PSI table, as text, in key order.
-async fn dump(db: &MariaDb) -> Vec<(String, Vec<String>)> {
-    let mut c = db.conn().await.unwrap();
-    let mut out = Vec::new();
-    for t in TABLES {
-        let rows: Vec<mysql_async::Row> =
-            c.query(format!("SELECT * FROM psi.{t} ORDER BY 1, 2")).await.unwrap();
-        let rows = rows
-            .into_iter()
-            .map(|r| {
-                (0..r.len()).map(|i| format!("{:?}", r.as_ref(i).unwrap())).collect::<Vec<_>>().join("|")
-            })
-            .collect();
-        out.push((t.to_string(), rows));
-    }
-    out
 }
 
 async fn workload(db: &MariaDb, tag: &str, rows: usize) {

@@ -17,9 +17,7 @@ use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas,
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{Reaped, region_yaml, spawn_ferry};
-
-const TABLES: &[&str] = &["products", "warehouses", "stock", "customers", "orders", "order_items"];
+use common::{Reaped, dump, region_yaml, spawn_ferry, wait_ready};
 
 fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
     let mut o = MariaDbOptions::test(name, server_id, domain);
@@ -46,32 +44,6 @@ fn write_config(
     let path = dir.join(format!("{region}.yaml"));
     std::fs::write(&path, text).unwrap();
     (path, http)
-}
-
-async fn wait_ready(addr: std::net::SocketAddr) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !matches!(http_get(addr, "/health/ready").await, Ok((200, _))) {
-        assert!(Instant::now() < deadline, "ferry on {addr} never became ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Every row of every PSI table, as text, in key order.
-async fn dump(db: &MariaDb) -> Vec<(String, Vec<String>)> {
-    let mut c = db.conn().await.unwrap();
-    let mut out = Vec::new();
-    for t in TABLES {
-        let rows: Vec<mysql_async::Row> =
-            c.query(format!("SELECT * FROM psi.{t} ORDER BY 1, 2")).await.unwrap();
-        let rows = rows
-            .into_iter()
-            .map(|r| {
-                (0..r.len()).map(|i| format!("{:?}", r.as_ref(i).unwrap())).collect::<Vec<_>>().join("|")
-            })
-            .collect();
-        out.push((t.to_string(), rows));
-    }
-    out
 }
 
 /// Wait until both regions hold the same rows; fail showing the first difference.

@@ -133,22 +133,7 @@ async fn a_target_going_down_and_up_fires_and_resolves_an_alert() {
     let target_addr = target.local_addr().unwrap();
     let serving = serve(target);
     let dir = tempfile::tempdir().unwrap();
-    let http = std::net::SocketAddr::from((
-        [127, 0, 0, 1],
-        ferry::sandbox::pick_port([127, 0, 0, 1].into(), None).unwrap(),
-    ));
-    let config = dir.path().join("east.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "region: east\nregions:\n  east:\n    priority: 1\n    mysql: {{ user: u, password: p, gtid_domain_id: 1, \
-             primary: {{ host: 127.0.0.1, port: 9, server_id: 1 }} }}\n    kafka: {{ bootstrap: [\"127.0.0.1:9\"] }}\n\
-             http: {{ listen: \"{http}\" }}\nwatch:\n  alertmanager: {{ url: \"http://{am}\" }}\n  targets:\n    \
-             - name: orders-db\n      probe: {{ tcp: {{ address: \"{target_addr}\" }} }}\n      interval: 200ms\n      \
-             timeout: 100ms\n      failure_threshold: 2\n      recovery_threshold: 2\n"
-        ),
-    )
-    .unwrap();
+    let (config, http) = watch_config(dir.path(), "east", am, target_addr, "");
     let _ferry = Reaped(common::spawn_ferry(&config, &dir.path().join("ferry.log")));
     wait_for("ferry ready", Duration::from_secs(30), || std::net::TcpStream::connect(http).is_ok()).await;
     tokio::time::sleep(Duration::from_millis(600)).await;

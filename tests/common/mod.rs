@@ -85,3 +85,34 @@ pub fn single_region_config(dir: &Path, db: &MariaDb, extra: &str) -> std::path:
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Wait until `ferry run` at `addr` reports ready.
+pub async fn wait_ready(addr: std::net::SocketAddr) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !matches!(ferry::sandbox::http_get(addr, "/health/ready").await, Ok((200, _))) {
+        assert!(std::time::Instant::now() < deadline, "ferry on {addr} never became ready");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
+/// The PSI tables two regions must hold identically.
+pub const PSI_TABLES: &[&str] = &["products", "warehouses", "stock", "customers", "orders", "order_items"];
+
+/// Every row of every PSI table, as text, in key order.
+pub async fn dump(db: &MariaDb) -> Vec<(String, Vec<String>)> {
+    use mysql_async::prelude::Queryable;
+    let mut c = db.conn().await.unwrap();
+    let mut out = Vec::new();
+    for t in PSI_TABLES {
+        let rows: Vec<mysql_async::Row> =
+            c.query(format!("SELECT * FROM psi.{t} ORDER BY 1, 2")).await.unwrap();
+        let rows = rows
+            .into_iter()
+            .map(|r| {
+                (0..r.len()).map(|i| format!("{:?}", r.as_ref(i).unwrap())).collect::<Vec<_>>().join("|")
+            })
+            .collect();
+        out.push((t.to_string(), rows));
+    }
+    out
+}
