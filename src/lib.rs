@@ -8,6 +8,7 @@
 //!   conflicts by the rules), dead letters.
 //! - [`conflict`]: the conflict rules (pure), their schema checks, the conflict log.
 //! - [`watch`]: the health loop: probes, state machine, load-balancer members, leases, alerts.
+//! - [`failover`]: promotion, fencing and switches (so far: choosing the replica to promote).
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.
@@ -27,6 +28,7 @@ pub mod capture;
 pub mod cli;
 pub mod config;
 pub mod conflict;
+pub mod failover;
 pub mod logging;
 pub mod metrics;
 pub mod model;

@@ -1,0 +1,191 @@
+//! Which replica to promote when a region's primary is lost: a pure function over GTID
+//! positions (MariaDB: the last GTID of each domain).
+//!
+//! - A candidate with **errant** transactions (written on the replica itself: a domain whose
+//!   last GTID carries the replica's own server id) is never promoted: the other servers never
+//!   had them.
+//! - The most advanced candidate is the one whose **received** position (executed plus what is
+//!   in its relay log) covers every other candidate's, domain by domain. If none covers all
+//!   (their histories diverged), nothing is promoted.
+//! - Transactions the chosen candidate lacks against the primary's last known position are
+//!   the loss; above the budget, nothing is promoted.
+//! - When it has received more than it executed, its relay log must be applied first.
+//! - Ties keep the configured order of the candidates.
+//!
+//! MariaDB positions keep only the last GTID of each domain, so an errant transaction is seen
+//! only while it is the last of its domain; a replica written locally is normally written in a
+//! domain of its own (its `gtid_domain_id`), where it stays visible.
+
+use crate::model::Position;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub name: String,
+    pub server_id: u32,
+    /// `@@gtid_current_pos` (or `gtid_slave_pos`): what it has applied.
+    pub executed: Position,
+    /// Executed plus received into the relay log (`Gtid_IO_Pos`).
+    pub received: Position,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Choice {
+    Promote {
+        name: String,
+        /// Its relay log holds transactions it has not applied yet: wait for them.
+        wait_for_relay: bool,
+        /// Transactions of the primary's last known position it does not have.
+        lost: u64,
+    },
+    Refuse(String),
+}
+
+/// `a` has everything `b` has, domain by domain.
+fn covers(a: &Position, b: &Position) -> bool {
+    b.iter().all(|g| a.includes(g))
+}
+
+/// Transactions of `reference` that `p` lacks (sequence numbers are per domain, gap-free).
+fn missing(p: &Position, reference: &Position) -> u64 {
+    reference.iter().map(|g| g.seq.saturating_sub(p.get(g.domain).map_or(0, |m| m.seq))).sum()
+}
+
+/// Choose the replica to promote. `primary` is the failed primary's last known position, if
+/// any; `budget` the most transactions a promotion may lose.
+pub fn choose(candidates: &[Candidate], primary: Option<&Position>, budget: u64) -> Choice {
+    let mut clean = Vec::new();
+    for c in candidates {
+        match c.executed.iter().chain(c.received.iter()).find(|g| g.server_id == c.server_id) {
+            Some(g) => tracing::warn!(candidate = %c.name, gtid = %g, "errant transaction: not a candidate"),
+            None => clean.push(c),
+        }
+    }
+    if clean.is_empty() {
+        return Choice::Refuse(if candidates.is_empty() {
+            "no replica to promote".into()
+        } else {
+            "every replica has errant transactions (written on the replica itself)".into()
+        });
+    }
+    let Some(best) = clean.iter().find(|c| clean.iter().all(|o| covers(&c.received, &o.received))) else {
+        let names: Vec<&str> = clean.iter().map(|c| c.name.as_str()).collect();
+        return Choice::Refuse(format!(
+            "the replicas' histories diverged: none has all the others have ({})",
+            names.join(", ")
+        ));
+    };
+    let lost = primary.map_or(0, |p| missing(&best.received, p));
+    if lost > budget {
+        return Choice::Refuse(format!(
+            "the most advanced replica, {}, lacks {lost} transaction(s) of the primary (budget {budget})",
+            best.name
+        ));
+    }
+    Choice::Promote { name: best.name.clone(), wait_for_relay: !covers(&best.executed, &best.received), lost }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(s: &str) -> Position {
+        s.parse().unwrap()
+    }
+
+    fn c(name: &str, server_id: u32, executed: &str, received: &str) -> Candidate {
+        Candidate { name: name.into(), server_id, executed: pos(executed), received: pos(received) }
+    }
+
+    fn promote(name: &str, wait_for_relay: bool, lost: u64) -> Choice {
+        Choice::Promote { name: name.into(), wait_for_relay, lost }
+    }
+
+    /// (what, candidates, the primary's last position, budget, expected choice)
+    type Case<'a> = (&'a str, Vec<Candidate>, Option<&'a Position>, u64, Choice);
+
+    #[test]
+    fn table() {
+        let primary = pos("1-101-10,2-201-7");
+        let cases: Vec<Case<'_>> = vec![
+            (
+                "ahead wins over behind",
+                vec![
+                    c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7"),
+                    c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
+                ],
+                Some(&primary),
+                0,
+                promote("r2", false, 0),
+            ),
+            (
+                "behind only: refused with a zero budget",
+                vec![c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7")],
+                Some(&primary),
+                0,
+                Choice::Refuse(
+                    "the most advanced replica, r1, lacks 2 transaction(s) of the primary (budget 0)".into(),
+                ),
+            ),
+            (
+                "behind only: promoted within the budget",
+                vec![c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7")],
+                Some(&primary),
+                5,
+                promote("r1", false, 2),
+            ),
+            (
+                "errant transactions disqualify the more advanced replica",
+                vec![
+                    c("r1", 102, "1-101-10,2-201-7,9-102-3", "1-101-10,2-201-7,9-102-3"),
+                    c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
+                ],
+                Some(&primary),
+                0,
+                promote("r2", false, 0),
+            ),
+            (
+                "relay-only: the transactions are received, not yet applied",
+                vec![
+                    c("r1", 102, "1-101-6,2-201-7", "1-101-10,2-201-7"),
+                    c("r2", 103, "1-101-9,2-201-7", "1-101-9,2-201-7"),
+                ],
+                Some(&primary),
+                0,
+                promote("r1", true, 0),
+            ),
+            (
+                "equal: the configured order decides",
+                vec![
+                    c("r1", 102, "1-101-10,2-201-7", "1-101-10,2-201-7"),
+                    c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
+                ],
+                Some(&primary),
+                0,
+                promote("r1", false, 0),
+            ),
+            (
+                "diverged: each has something the other lacks",
+                vec![
+                    c("r1", 102, "1-101-10,2-201-5", "1-101-10,2-201-5"),
+                    c("r2", 103, "1-101-8,2-201-7", "1-101-8,2-201-7"),
+                ],
+                None,
+                100,
+                Choice::Refuse(
+                    "the replicas' histories diverged: none has all the others have (r1, r2)".into(),
+                ),
+            ),
+            (
+                "primary position unknown: the most advanced, no loss counted",
+                vec![c("r1", 102, "1-101-3", "1-101-3"), c("r2", 103, "1-101-4", "1-101-4")],
+                None,
+                0,
+                promote("r2", false, 0),
+            ),
+            ("no replica", vec![], Some(&primary), 0, Choice::Refuse("no replica to promote".into())),
+        ];
+        for (what, candidates, primary, budget, want) in cases {
+            assert_eq!(choose(&candidates, primary, budget), want, "{what}");
+        }
+    }
+}

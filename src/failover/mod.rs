@@ -1,0 +1,4 @@
+//! Failover (control path step 6): promoting an in-region replica with fencing, Redis, DNS and
+//! region switches. Built so far: the pure choice of the replica to promote (`candidate`).
+
+pub mod candidate;
