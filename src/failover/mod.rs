@@ -1,4 +1,6 @@
 //! Failover (control path step 6): promoting an in-region replica with fencing, Redis, DNS and
-//! region switches. Built so far: the pure choice of the replica to promote (`candidate`).
+//! region switches. Built so far: the pure choice of the replica to promote (`candidate`) and
+//! the guarded DNS switch (`dns`).
 
 pub mod candidate;
+pub mod dns;
