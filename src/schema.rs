@@ -15,6 +15,9 @@
 
 pub const DATABASE: &str = "ferry";
 
+/// The schemas that hold no user tables (SQL list): the server's own and ferry's.
+pub const NOT_USER_SCHEMAS: &str = "('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry')";
+
 /// The DDL, one statement per entry.
 pub const STATEMENTS: &[&str] = &[
     "CREATE DATABASE IF NOT EXISTS ferry CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",

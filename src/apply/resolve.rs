@@ -20,8 +20,8 @@ use super::parallel::{KeyCatalog, values_of};
 use super::sql::{Statement, bind, quote};
 use super::target::ApplyError;
 use crate::conflict::{
-    self, Action, Conflict, Incoming, Kind, Local, Num, Rules, Stamp, TablePolicy, Winner, decide, key_text,
-    latest, skewed, version_of, version_text,
+    self, Action, Conflict, Incoming, Kind, Local, Num, Rules, Stamp, TablePolicy, Winner, decide, key_row,
+    key_text, latest, skewed, version_of, version_text,
 };
 use crate::model::{Gtid, Op, Row, RowChange, Value};
 
@@ -109,11 +109,6 @@ impl Item<'_> {
     }
 }
 
-fn key_row(change: &RowChange, image: &Row) -> Row {
-    let cols: Vec<&str> = change.key.columns().collect();
-    Row(image.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect())
-}
-
 fn items<'a>(
     rules: &Rules,
     policy: &TablePolicy<'_>,
@@ -160,9 +155,7 @@ fn items<'a>(
             (Op::Insert, _, Some(after)) => {
                 out.push(item(conflict::Op::Insert, after, Some(written(after)), deltas(None, after)?))
             }
-            (Op::Update, Some(before), Some(after))
-                if key_text(change, before) != key_text(change, after) =>
-            {
+            (Op::Update, Some(before), Some(after)) if key_row(change, before) != key_row(change, after) => {
                 out.push(item(conflict::Op::Delete, before, None, Vec::new()));
                 let insert = item(conflict::Op::Insert, after, Some(written(after)), deltas(None, after)?);
                 out.push(Item { before_version: None, ..insert });
@@ -467,7 +460,7 @@ async fn read_marks(
 
 /// The primary key of a row read back, in the form `key_text` gives, using an incoming key
 /// of the same table as the template for each value's type. None if a value has no exact
-/// counterpart (the holder's writer then counts as this region).
+/// counterpart.
 fn holder_key(template: &Row, row: &mysql_async::Row, change: &RowChange) -> Option<String> {
     let mut key = Vec::new();
     for (col, like) in &template.0 {
@@ -1007,13 +1000,7 @@ impl Plan {
     }
 
     async fn write(&self, conn: &mut Conn, shape: &Shape<'_>, rules: &Rules) -> Result<(), ApplyError> {
-        for statement in self.statements(shape, rules) {
-            let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
-            conn.exec_drop(&statement.sql, statement.params)
-                .await
-                .map_err(|e| ApplyError::from_sql(&context, e))?;
-        }
-        Ok(())
+        super::target::execute(conn, self.statements(shape, rules)).await
     }
 }
 

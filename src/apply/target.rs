@@ -134,12 +134,12 @@ impl Target {
     /// tracking (read once per session: a table created later is tracked by primary key
     /// until the next session).
     pub async fn key_catalog(&mut self) -> Result<KeyCatalog, ApplyError> {
-        const USER: &str = "NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry')";
+        let user = format!("NOT IN {}", crate::schema::NOT_USER_SCHEMAS);
         let uniques: Vec<(String, String, String, String)> = self
             .conn
             .query(format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, COLUMN_NAME FROM information_schema.STATISTICS \
-                 WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA {USER} \
+                 WHERE NON_UNIQUE = 0 AND TABLE_SCHEMA {user} \
                  ORDER BY TABLE_SCHEMA, TABLE_NAME, INDEX_NAME, SEQ_IN_INDEX"
             ))
             .await
@@ -149,7 +149,7 @@ impl Target {
             .query(format!(
                 "SELECT TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, COLUMN_NAME, REFERENCED_TABLE_SCHEMA, \
                  REFERENCED_TABLE_NAME, REFERENCED_COLUMN_NAME FROM information_schema.KEY_COLUMN_USAGE \
-                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA {USER} \
+                 WHERE REFERENCED_TABLE_NAME IS NOT NULL AND TABLE_SCHEMA {user} \
                  ORDER BY TABLE_SCHEMA, TABLE_NAME, CONSTRAINT_NAME, ORDINAL_POSITION"
             ))
             .await
@@ -290,12 +290,7 @@ impl Target {
             .collect();
         let ruled: Vec<bool> = sourced
             .iter()
-            .map(|s| {
-                // A table without a primary key has no key to decide by: its rows apply as
-                // they are (`ferry validate` asks for `single_writer`).
-                let rules = self.rules.as_ref().filter(|_| !s.change.key.is_empty());
-                rules.and_then(|(r, _)| r.policy(&s.change.db, &s.change.table)).is_some()
-            })
+            .map(|s| self.rules.as_ref().and_then(|(r, _)| r.governs(s.change)).is_some())
             .collect();
         let mut conflicts = Vec::new();
         match how {
@@ -333,19 +328,12 @@ impl Target {
         let (Some((rules, catalog)), Some(first)) = (self.rules.as_ref(), changes.first()) else {
             return Ok(Vec::new());
         };
-        let Some(policy) = rules.policy(&first.change.db, &first.change.table) else { return Ok(Vec::new()) };
+        let Some(policy) = rules.governs(first.change) else { return Ok(Vec::new()) };
         resolve::write_table(&mut self.conn, rules, catalog, policy, changes, now_us).await
     }
 
     async fn run(&mut self, statements: impl IntoIterator<Item = sql::Statement>) -> Result<(), ApplyError> {
-        for statement in statements {
-            let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
-            self.conn
-                .exec_drop(&statement.sql, statement.params)
-                .await
-                .map_err(|e| ApplyError::from_sql(&context, e))?;
-        }
-        Ok(())
+        execute(&mut self.conn, statements).await
     }
 
     /// Make the next transaction carry the origin's GTID, so the target's binlog records it
@@ -366,6 +354,20 @@ impl Target {
             ApplyError::from_sql("setting the origin identity (needs SUPER or BINLOG REPLAY)", e)
         })
     }
+}
+
+/// Run `statements` in order on `conn`; an error names the statement's start.
+pub(super) async fn execute(
+    conn: &mut Conn,
+    statements: impl IntoIterator<Item = sql::Statement>,
+) -> Result<(), ApplyError> {
+    for statement in statements {
+        let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
+        conn.exec_drop(&statement.sql, statement.params)
+            .await
+            .map_err(|e| ApplyError::from_sql(&context, e))?;
+    }
+    Ok(())
 }
 
 /// `done` (the last applied GTID of an origin) already covers `next`.

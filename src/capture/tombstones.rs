@@ -29,12 +29,10 @@ impl LocalTombstones {
 
     /// Remember a delete of a table the conflict rules govern.
     pub fn note(&mut self, change: &RowChange, commit_us: i64) {
-        if change.op != Op::Delete || change.key.is_empty() {
+        if change.op != Op::Delete {
             return;
         }
-        let (Some(policy), Some(before)) =
-            (self.rules.policy(&change.db, &change.table), change.before.as_ref())
-        else {
+        let (Some(policy), Some(before)) = (self.rules.governs(change), change.before.as_ref()) else {
             return;
         };
         let stamp = self.rules.stamp(&policy, change, &self.rules.region, commit_us);

@@ -9,7 +9,7 @@ use mysql_async::prelude::Queryable;
 
 use crate::config::{Config, ConfigProblem};
 
-const SYSTEM: &str = "('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry')";
+use crate::schema::NOT_USER_SCHEMAS as SYSTEM;
 
 #[derive(Debug, Default)]
 struct Table {

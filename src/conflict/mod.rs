@@ -26,7 +26,7 @@ mod num;
 mod rules;
 
 pub use num::Num;
-pub use rules::{Rules, TablePolicy, key_text, version_of, version_text};
+pub use rules::{Rules, TablePolicy, key_row, key_text, version_of, version_text};
 
 /// A write's place in the total order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

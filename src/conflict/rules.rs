@@ -71,6 +71,16 @@ impl Rules {
         self.ranks.iter().find(|(_, r)| **r == rank).map(|(n, _)| n.as_str()).unwrap_or("?")
     }
 
+    /// The policy deciding `change`, or None when it applies as it is: a table without a
+    /// primary key (nothing to decide by; `ferry validate` asks for `single_writer`), and
+    /// the tables `policy` leaves alone.
+    pub fn governs(&self, change: &RowChange) -> Option<TablePolicy<'_>> {
+        if change.key.is_empty() {
+            return None;
+        }
+        self.policy(&change.db, &change.table)
+    }
+
     /// None when the table's changes apply as they are: ferry's own tables (each region writes
     /// only its own rows) and tables declared `single_writer`.
     pub fn policy(&self, db: &str, table: &str) -> Option<TablePolicy<'_>> {
@@ -119,10 +129,14 @@ pub fn version_text(text: &str) -> Option<i64> {
     }
 }
 
+/// The primary-key columns of `image` (the columns of `change.key`), in table order.
+pub fn key_row(change: &RowChange, image: &Row) -> Row {
+    let cols: Vec<&str> = change.key.columns().collect();
+    Row(image.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect())
+}
+
 /// The key of a row as ferry stores it in `ferry.tombstones` and `ferry.row_origins`: the
 /// primary-key columns of `image`, in the envelope's JSON form.
 pub fn key_text(change: &RowChange, image: &Row) -> String {
-    let cols: Vec<&str> = change.key.columns().collect();
-    let key = Row(image.0.iter().filter(|(c, _)| cols.contains(&c.as_str())).cloned().collect());
-    serde_json::to_string(&key).unwrap_or_default()
+    serde_json::to_string(&key_row(change, image)).unwrap_or_default()
 }
