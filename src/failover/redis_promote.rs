@@ -19,15 +19,10 @@ async fn connect(
     addr: SocketAddr,
     password: Option<&str>,
 ) -> Result<redis::aio::MultiplexedConnection, String> {
-    let url = match password {
-        Some(p) => format!("redis://:{p}@{addr}/"),
-        None => format!("redis://{addr}/"),
-    };
-    let client = redis::Client::open(url).map_err(|e| format!("{addr}: {e}"))?;
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(2)));
-    client.get_multiplexed_async_connection_with_config(&config).await.map_err(|e| format!("{addr}: {e}"))
+    use crate::watch::net::{redis_connection, redis_url};
+    let client =
+        redis::Client::open(redis_url(&addr.to_string(), password)).map_err(|e| format!("{addr}: {e}"))?;
+    redis_connection(&client, Duration::from_secs(2)).await.map_err(|e| format!("{addr}: {e}"))
 }
 
 /// `ROLE`'s first element (`master`, `slave`) and, for a replica, its offset.

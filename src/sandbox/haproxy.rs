@@ -5,9 +5,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::UnixStream;
-
 use super::SandboxError;
 use super::process::{ServerDir, ServerProcess, start_server};
 
@@ -82,12 +79,7 @@ fn render_config(socket: &Path, frontend: SocketAddr, members: &[(String, Socket
     cfg
 }
 
-/// One command over the runtime API socket; HAProxy answers and closes the connection.
+/// One command over the runtime API socket (see `watch::lb::command`).
 pub async fn runtime_command(socket: &Path, command: &str) -> Result<String, SandboxError> {
-    let io = |e| SandboxError::io(format!("haproxy runtime API {}", socket.display()), e);
-    let mut stream = UnixStream::connect(socket).await.map_err(io)?;
-    stream.write_all(format!("{command}\n").as_bytes()).await.map_err(io)?;
-    let mut answer = String::new();
-    stream.read_to_string(&mut answer).await.map_err(io)?;
-    Ok(answer)
+    crate::watch::lb::command(&socket.display().to_string(), command).await.map_err(SandboxError::Setup)
 }

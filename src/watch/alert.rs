@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Notify;
 
 use crate::app::AbortOnDrop;
@@ -48,8 +47,9 @@ pub(crate) fn now_rfc3339() -> String {
     format!("{y:04}-{mo:02}-{day:02}T{h:02}:{mi:02}:{s:02}.{:03}Z", d.subsec_millis())
 }
 
-fn key(alert: &Alert) -> String {
-    serde_json::to_string(&alert.labels).unwrap_or_default()
+/// An alert's identity: its labels.
+fn key(labels: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(labels).unwrap_or_default()
 }
 
 impl Alerter {
@@ -71,7 +71,7 @@ impl Alerter {
     /// Fire `alert` (again: keeps its start time).
     pub fn fire(&self, alert: Alert) {
         if let Ok(mut state) = self.state.lock() {
-            let k = key(&alert);
+            let k = key(&alert.labels);
             let starts_at = state.get(&k).filter(|e| e.ends_at.is_none()).map(|e| e.starts_at.clone());
             state.insert(
                 k,
@@ -89,7 +89,7 @@ impl Alerter {
     /// Resolve the alert with these labels, if it fired.
     pub fn resolve(&self, labels: &BTreeMap<String, String>) {
         if let Ok(mut state) = self.state.lock() {
-            let k = serde_json::to_string(labels).unwrap_or_default();
+            let k = key(labels);
             if let Some(e) = state.get_mut(&k).filter(|e| e.ends_at.is_none()) {
                 e.ends_at = Some(now_rfc3339());
                 e.pending_resolve = true;
@@ -156,25 +156,13 @@ async fn deliver(
 
 /// `POST path` with a JSON body; Ok on a 2xx answer.
 async fn post(address: &str, path: &str, body: &str) -> Result<(), String> {
-    let exchange = async {
-        let mut s =
-            tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connect {address}: {e}"))?;
-        let request = format!(
-            "POST {path} HTTP/1.1\r\nHost: {address}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\
-             Connection: close\r\n\r\n{body}",
-            body.len()
-        );
-        s.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-        let mut answer = Vec::new();
-        (&mut s).take(64 * 1024).read_to_end(&mut answer).await.map_err(|e| format!("read: {e}"))?;
-        let text = String::from_utf8_lossy(&answer);
-        let status: u16 =
-            text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or("not an HTTP answer")?;
-        if (200..300).contains(&status) {
-            Ok(())
-        } else {
-            Err(format!("Alertmanager answered {status}: {}", text.lines().last().unwrap_or_default()))
-        }
-    };
-    tokio::time::timeout(TIMEOUT, exchange).await.map_err(|_| format!("no answer within {TIMEOUT:?}"))?
+    let exchange = super::net::http(address, "POST", path, Some(("application/json", body)));
+    let (status, answer) = tokio::time::timeout(TIMEOUT, exchange)
+        .await
+        .map_err(|_| format!("no answer within {TIMEOUT:?}"))??;
+    if (200..300).contains(&status) {
+        Ok(())
+    } else {
+        Err(format!("Alertmanager answered {status}: {}", answer.lines().last().unwrap_or_default()))
+    }
 }

@@ -2,7 +2,7 @@
 //! HAProxy through its runtime API (`set server B/S state ready|drain|maint`, confirmed with
 //! `show servers state B`).
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::{DownState, HaproxyApi, haproxy_api};
 
@@ -30,22 +30,20 @@ impl ServerState {
 
 /// One command over the runtime API; HAProxy answers and closes the connection.
 pub async fn command(api: &str, command: &str) -> Result<String, String> {
-    let line = format!("{command}\n");
-    let mut answer = String::new();
-    let io = |e: std::io::Error| format!("haproxy runtime API {api}: {e}");
-    match haproxy_api(api) {
-        HaproxyApi::Unix(path) => {
-            let mut s = tokio::net::UnixStream::connect(&path).await.map_err(io)?;
-            s.write_all(line.as_bytes()).await.map_err(io)?;
-            s.read_to_string(&mut answer).await.map_err(io)?;
-        }
-        HaproxyApi::Tcp(addr) => {
-            let mut s = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
-            s.write_all(line.as_bytes()).await.map_err(io)?;
-            s.read_to_string(&mut answer).await.map_err(io)?;
+    async fn exchange(mut s: impl AsyncRead + AsyncWrite + Unpin, command: &str) -> std::io::Result<String> {
+        s.write_all(format!("{command}\n").as_bytes()).await?;
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).await?;
+        Ok(answer)
+    }
+    let answer = async {
+        match haproxy_api(api) {
+            HaproxyApi::Unix(path) => exchange(tokio::net::UnixStream::connect(&path).await?, command).await,
+            HaproxyApi::Tcp(addr) => exchange(tokio::net::TcpStream::connect(addr).await?, command).await,
         }
     }
-    Ok(answer)
+    .await;
+    answer.map_err(|e| format!("haproxy runtime API {api}: {e}"))
 }
 
 /// The servers of `backend`.

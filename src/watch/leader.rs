@@ -116,10 +116,7 @@ impl Lease {
 }
 
 async fn connect(client: &redis::Client) -> Result<redis::aio::MultiplexedConnection, redis::RedisError> {
-    let config = redis::AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_response_timeout(Some(Duration::from_secs(1)));
-    client.get_multiplexed_async_connection_with_config(&config).await
+    super::net::redis_connection(client, Duration::from_secs(1)).await
 }
 
 async fn hold(

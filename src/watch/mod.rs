@@ -6,6 +6,7 @@ pub mod alert;
 pub mod kube;
 pub mod lb;
 pub mod leader;
+pub mod net;
 pub mod probe;
 pub mod role;
 pub mod state;

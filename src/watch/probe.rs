@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use mysql_async::prelude::Queryable;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::config::{ProbeConfig, RedisRole, Secret};
 
@@ -25,7 +24,7 @@ pub async fn probe(config: &ProbeConfig, credentials: &Credentials, timeout: Dur
 async fn run(config: &ProbeConfig, credentials: &Credentials) -> Result<(), String> {
     match config {
         ProbeConfig::Http { address, path, expect_status, body_contains } => {
-            let (status, body) = http_get(address, path).await?;
+            let (status, body) = super::net::http(address, "GET", path, None).await?;
             if status != *expect_status {
                 return Err(format!("GET {path} answered {status}, expected {expect_status}"));
             }
@@ -53,10 +52,7 @@ async fn run(config: &ProbeConfig, credentials: &Credentials) -> Result<(), Stri
             result
         }
         ProbeConfig::Redis { address, role } => {
-            let url = match &credentials.redis_password {
-                Some(p) => format!("redis://:{}@{address}/", p.expose()),
-                None => format!("redis://{address}/"),
-            };
+            let url = super::net::redis_url(address, credentials.redis_password.as_ref().map(Secret::expose));
             let client = redis::Client::open(url).map_err(|e| format!("redis address: {e}"))?;
             let mut conn =
                 client.get_multiplexed_async_connection().await.map_err(|e| format!("connect: {e}"))?;
@@ -126,26 +122,4 @@ fn split(address: &str) -> Result<(String, u16), String> {
     let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("`{address}` is not host:port"))?;
     let port = port.parse().map_err(|_| format!("`{address}` is not host:port"))?;
     Ok((host.trim_matches(['[', ']']).to_string(), port))
-}
-
-/// `GET path` over HTTP/1.1 with `Connection: close`; the status and the body (read to the end
-/// or 64 KiB).
-async fn http_get(address: &str, path: &str) -> Result<(u16, String), String> {
-    let mut stream = tokio::net::TcpStream::connect(address).await.map_err(|e| format!("connect: {e}"))?;
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nUser-Agent: ferry-watch\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-    let mut raw = Vec::new();
-    let mut limited = (&mut stream).take(64 * 1024);
-    limited.read_to_end(&mut raw).await.map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&raw);
-    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .lines()
-        .next()
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| "not an HTTP response".to_string())?;
-    Ok((status, body.to_string()))
 }

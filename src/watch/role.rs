@@ -193,10 +193,8 @@ impl WatchRole {
     async fn lease(&self, l: &crate::config::LeaderConfig) -> Result<Holder, String> {
         match (&l.redis, &l.kubernetes) {
             (Some(redis), _) => {
-                let url = match &self.credentials.redis_password {
-                    Some(p) => format!("redis://:{}@{redis}/", p.expose()),
-                    None => format!("redis://{redis}/"),
-                };
+                let password = self.credentials.redis_password.as_ref().map(crate::config::Secret::expose);
+                let url = super::net::redis_url(redis, password);
                 let key = l.key.clone().unwrap_or_else(|| format!("ferry:watch:leader:{}", self.region));
                 Lease::start(&url, &key, l.ttl).map(Holder::Redis)
             }
