@@ -5,17 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas, pick_port};
+use ferry::sandbox::{Broker, MariaDb, http_get, install_schemas, pick_port};
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{FERRY, dump, region_yaml, wait_ready};
-
-fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
-    let mut o = MariaDbOptions::test(name, server_id, domain);
-    o.extra_args = vec!["--auto-increment-increment=16".into(), format!("--auto-increment-offset={offset}")];
-    o
-}
+use common::{FERRY, db_options, dump, region_yaml, wait_ready};
 
 /// The config of `region` in a deployment of `regions` (name, database), all on one broker.
 fn write_config(

@@ -17,13 +17,7 @@ use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas,
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{Reaped, dump, region_yaml, spawn_ferry, wait_ready};
-
-fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> MariaDbOptions {
-    let mut o = MariaDbOptions::test(name, server_id, domain);
-    o.extra_args = vec!["--auto-increment-increment=16".into(), format!("--auto-increment-offset={offset}")];
-    o
-}
+use common::{Reaped, db_options, dump, region_yaml, spawn_ferry, wait_ready};
 
 fn write_config(
     dir: &Path,

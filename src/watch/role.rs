@@ -18,7 +18,7 @@ use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
 use super::leader::{Holder, KubeLease, Leadership, Lease};
 use super::probe::{Credentials, probe};
-use super::state::{Event, FlapPolicy, Thresholds, Tilt, Tracker};
+use super::state::{Event, Thresholds, Tilt, Tracker};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, LbMember, TargetConfig, WatchConfig};
 use crate::metrics::{Metrics, names};
@@ -104,13 +104,8 @@ impl Board {
         }
     }
 
-    fn json(&self, tilted: bool) -> serde_json::Value {
-        serde_json::json!({
-            "acting": !tilted,
-            "tilted": tilted,
-            "targets": self.targets,
-            "journal": self.journal,
-        })
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({ "targets": self.targets, "journal": self.journal })
     }
 }
 
@@ -180,9 +175,10 @@ impl Shared {
         self.metrics.tilted.set(i64::from(tilted));
         let epoch = self.leadership.epoch();
         self.metrics.leader.set(i64::from(epoch.is_some()));
-        let mut details = self.board.lock().map(|b| b.json(tilted)).unwrap_or_default();
+        let mut details = self.board.lock().map(|b| b.json()).unwrap_or_default();
         details["leader"] =
             serde_json::json!({ "leading": epoch.is_some(), "epoch": epoch, "lease": self.lease.is_some() });
+        details["tilted"] = tilted.into();
         details["acting"] = (epoch.is_some() && !tilted).into();
         self.reporter.set_details(details);
     }
@@ -290,13 +286,8 @@ fn wanted_alerts(tracker: &Tracker, member: &Membership) -> BTreeSet<&'static st
 
 async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shared>) {
     let labels = TargetLabels { target: target.name.clone() };
-    let flap = FlapPolicy {
-        transitions: watch.flap.transitions,
-        window: watch.flap.window,
-        hold_down: watch.flap.hold_down,
-    };
     let thresholds = Thresholds { failure: target.failure_threshold, recovery: target.recovery_threshold };
-    let mut tracker = Tracker::new(thresholds, flap);
+    let mut tracker = Tracker::new(thresholds, watch.flap.clone());
     let mut tilt = Tilt::new(watch.tick_tolerance, watch.on_time_ticks);
     let mut member = Membership { wanted_in: true, known_in: None, kept_last: false };
     let mut alerts_sent: BTreeSet<&'static str> = BTreeSet::new();
@@ -309,8 +300,11 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             acting = next_tick(&mut tick, &mut tilt) => acting,
         };
         if tilt.is_tilted() != was_tilted {
-            let change = if acting { 1usize.wrapping_neg() } else { 1 };
-            shared.tilted.fetch_add(change, Ordering::Relaxed);
+            if acting {
+                shared.tilted.fetch_sub(1, Ordering::Relaxed);
+            } else {
+                shared.tilted.fetch_add(1, Ordering::Relaxed);
+            }
             let what = if acting { "on time again: acting" } else { "tick ran late: not acting" };
             tracing::warn!(target = %target.name, "watch loop {what}");
             record(&shared, &target.name, "tilt", if acting { "resumed" } else { "tilted" }, None);

@@ -14,6 +14,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::config::FlapConfig;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Health {
     Up,
@@ -46,14 +48,6 @@ pub struct Thresholds {
     pub recovery: u32,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FlapPolicy {
-    /// More than this many Up/Down changes within `window` is flapping.
-    pub transitions: usize,
-    pub window: Duration,
-    pub hold_down: Duration,
-}
-
 /// What one probe result changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Event {
@@ -69,7 +63,7 @@ pub enum Event {
 pub struct Tracker {
     health: Health,
     thresholds: Thresholds,
-    flap: FlapPolicy,
+    flap: FlapConfig,
     /// Times of recent Up/Down changes.
     changes: VecDeque<Instant>,
     held_until: Option<Instant>,
@@ -79,7 +73,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A new target counts as Up (it is a member until shown otherwise).
-    pub fn new(thresholds: Thresholds, flap: FlapPolicy) -> Self {
+    pub fn new(thresholds: Thresholds, flap: FlapConfig) -> Self {
         Self {
             health: Health::Up,
             thresholds: Thresholds {
@@ -196,8 +190,8 @@ impl Tilt {
 mod tests {
     use super::*;
 
-    const FLAP: FlapPolicy =
-        FlapPolicy { transitions: 4, window: Duration::from_secs(120), hold_down: Duration::from_secs(300) };
+    const FLAP: FlapConfig =
+        FlapConfig { transitions: 4, window: Duration::from_secs(120), hold_down: Duration::from_secs(300) };
 
     fn tracker() -> Tracker {
         Tracker::new(Thresholds { failure: 3, recovery: 2 }, FLAP)

@@ -116,3 +116,11 @@ pub async fn dump(db: &MariaDb) -> Vec<(String, Vec<String>)> {
     }
     out
 }
+
+/// A test MariaDB that generates keys `offset`, `offset + 16`, … (the sandbox's scheme, so
+/// two regions never generate the same key).
+pub fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> ferry::sandbox::MariaDbOptions {
+    let mut o = ferry::sandbox::MariaDbOptions::test(name, server_id, domain);
+    o.extra_args = vec!["--auto-increment-increment=16".into(), format!("--auto-increment-offset={offset}")];
+    o
+}
