@@ -75,7 +75,7 @@ pub struct Lease {
 impl Lease {
     pub fn start(url: &str, key: &str, ttl: Duration) -> Result<Self, String> {
         let client = redis::Client::open(url).map_err(|e| format!("watch.leader.redis: {e}"))?;
-        let token = format!("{}-{}-{}", hostname(), std::process::id(), rand_suffix());
+        let token = Holder::identity();
         let leadership = Arc::new(Leadership::default());
         let conn: Arc<Mutex<Option<redis::aio::MultiplexedConnection>>> = Arc::default();
         let task = tokio::spawn(hold(
