@@ -12,7 +12,7 @@ use mysql_async::prelude::Queryable;
 
 use super::capture::capture_leg;
 use crate::model::{MariaGtid, Position};
-use crate::sandbox::{Broker, MariaDb, MariaDbOptions, ServerDir, install_schemas, pick_port};
+use crate::sandbox::{Broker, MariaDb, MariaDbOptions, ServerDir, install_schemas, pick_port, region_yaml};
 use crate::transport::changes_topic;
 use crate::transport::kafka::KafkaSink;
 
@@ -142,15 +142,7 @@ async fn ferry_leg(
     let dir = tempfile::tempdir()?;
     let http = pick_port([127, 0, 0, 1].into(), None)?;
     let region = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
-        format!(
-            "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-             gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-             kafka: {{ bootstrap: [\"{}\"] }}\n",
-            db.addr().ip(),
-            db.addr().port(),
-            db.options().server_id,
-            broker.bootstrap()
-        )
+        region_yaml(name, db, domain, priority, &broker.bootstrap())
     };
     let config = dir.path().join("west.yaml");
     std::fs::write(

@@ -304,3 +304,19 @@ pub(crate) fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions.
     unsafe { libc::geteuid() == 0 }
 }
+
+/// The `regions.<name>` section of a ferry config for a region whose primary is `db` (its user
+/// and password inline), with brokers at `bootstrap`: what tests and benchmarks run ferry with.
+pub fn region_yaml(name: &str, db: &MariaDb, domain: u32, priority: u32, bootstrap: &str) -> String {
+    let o = db.options();
+    format!(
+        "  {name}:\n    priority: {priority}\n    mysql:\n      user: {}\n      password: {}\n      \
+         gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
+         kafka: {{ bootstrap: [\"{bootstrap}\"] }}\n",
+        o.user,
+        o.password,
+        db.addr().ip(),
+        db.addr().port(),
+        o.server_id,
+    )
+}

@@ -27,7 +27,7 @@ use std::time::Duration;
 pub use dns::{DnsServer, TsigKey};
 pub use haproxy::Haproxy;
 pub use kafka::Broker;
-pub use mariadb::{MariaDb, MariaDbOptions};
+pub use mariadb::{MariaDb, MariaDbOptions, region_yaml};
 pub use process::{ProcessRecord, ServerDir, ServerProcess, pick_port};
 pub use redis_server::RedisServer;
 pub use state::{STATE_FILE, SandboxState};

@@ -8,17 +8,7 @@ use ferry::sandbox::MariaDb;
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-/// The `regions.<name>` section for a region whose primary is `db`, on `bootstrap`.
-pub fn region_yaml(name: &str, db: &MariaDb, domain: u32, priority: u32, bootstrap: &str) -> String {
-    format!(
-        "  {name}:\n    priority: {priority}\n    mysql:\n      user: ferry\n      password: ferry-test-pw\n      \
-         gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-         kafka: {{ bootstrap: [\"{bootstrap}\"] }}\n",
-        db.addr().ip(),
-        db.addr().port(),
-        db.options().server_id,
-    )
-}
+pub use ferry::sandbox::region_yaml;
 
 /// `ferry run --config CONFIG` with its log appended to `log`.
 pub fn spawn_ferry(config: &Path, log: &Path) -> Child {
