@@ -1,6 +1,8 @@
 //! `ferry sandbox up|status|down` through the binary, as a user runs it: every server of two
 //! regions comes up, is wired as documented in docs/sandbox.md, and goes away again.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -39,6 +41,7 @@ async fn kdig_a(server: &str, name: &str) -> String {
 
 #[tokio::test]
 async fn sandbox_comes_up_wired_and_goes_down_completely() {
+    let _lock = common::sandbox_lock();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sb");
     let _guard = Guard(dir.clone());
@@ -215,6 +218,7 @@ async fn published(bootstrap: &str, topic: &str, gtid: &str) -> String {
 
 #[test]
 fn status_reports_a_dead_process_and_down_leaves_other_processes_alone() {
+    let _lock = common::sandbox_lock();
     // A hand-written state naming one live process of ours and one pid reused by another
     // process (wrong start time): down stops the first and must not touch the second.
     let tmp = tempfile::tempdir().unwrap();

@@ -3,6 +3,8 @@
 //! ferry through the runtime API), comes back after `recovery_threshold` successes once it
 //! runs again, and the last serving member of a backend is never taken out.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -55,6 +57,7 @@ fn kill(pid: u32) {
 
 #[tokio::test]
 async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers() {
+    let _lock = common::sandbox_lock();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sb");
     let mut guard = Guard(dir.clone(), Vec::new());

@@ -104,7 +104,9 @@ impl ApplyRole {
     async fn session(&self, ctx: &RoleContext) -> Result<Option<BacklogProbe>, ApplyError> {
         let transient =
             |context: &str, e: &dyn std::fmt::Display| ApplyError::Lost(format!("{context}: {e}"));
-        let mut target = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
+        // After a failover the primary is another server: find it each session.
+        let primary = crate::failover::mysql::primary_opts(&self.local).await.map_err(ApplyError::Lost)?;
+        let mut target = Target::connect(primary.clone(), self.local.flavor).await?;
         target.ensure_schema().await?;
         let topic = changes_topic(&self.origin);
         let start = match target.applied(&self.origin).await? {
@@ -149,11 +151,11 @@ impl ApplyRole {
         }
         let _collector = self.collects.then(|| {
             let collected = self.metrics.collected.clone();
-            Collector::start(self.local.primary_opts(), self.rules.horizon, collected)
+            Collector::start(primary.clone(), self.rules.horizon, collected)
         });
         let mut idle = vec![target];
         for _ in 1..self.workers {
-            let mut more = Target::connect(self.local.primary_opts(), self.local.flavor).await?;
+            let mut more = Target::connect(primary.clone(), self.local.flavor).await?;
             more.ensure_schema().await?;
             idle.push(more);
         }

@@ -69,10 +69,13 @@ impl CaptureRole {
     }
 
     /// Connect, check and find the start position. Cancelled by shutdown (nothing to drain yet).
-    async fn prepare(&self) -> Result<(Conn, Position, KafkaSink), CaptureError> {
-        let opts = self.mysql.primary_opts();
+    async fn prepare(&self) -> Result<(Conn, Position, KafkaSink, mysql_async::Opts), CaptureError> {
+        // After a failover the primary is another server: find it each session. Its binlog has
+        // the same GTIDs (log_slave_updates), so capture resumes from the checkpoint there.
+        let opts =
+            crate::failover::mysql::primary_opts(&self.mysql).await.map_err(CaptureError::Checkpoint)?;
         let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
-        let mut conn = Conn::new(opts).await.map_err(db)?;
+        let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
         crate::schema::install(&mut conn).await.map_err(db)?;
         let flavor = self.mysql.flavor;
         let host = pipeline::report_host(&self.region);
@@ -87,11 +90,11 @@ impl CaptureRole {
             }
         };
         let sink = KafkaSink::connect(&self.bootstrap, &changes_topic(&self.region)).await?;
-        Ok((conn, start, sink))
+        Ok((conn, start, sink, opts))
     }
 
     async fn session(&self, ctx: &RoleContext) -> Result<(), CaptureError> {
-        let (conn, start, mut sink) = tokio::select! {
+        let (conn, start, mut sink, opts) = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ok(()),
             prepared = self.prepare() => prepared?,
@@ -106,7 +109,6 @@ impl CaptureRole {
             self.metrics.clone(),
         ));
         ctx.reporter.set(RoleState::Ready);
-        let opts = self.mysql.primary_opts();
         let result =
             pipeline::run(opts, &self.settings(), start, &mut sink, &progress, &self.metrics, &ctx.shutdown)
                 .await;
@@ -292,7 +294,10 @@ impl Role for HeartbeatRole {
                 }
                 let write = async {
                     if conn.is_none() {
-                        conn = Some(Conn::new(self.mysql.primary_opts()).await?);
+                        let opts = crate::failover::mysql::primary_opts(&self.mysql)
+                            .await
+                            .map_err(|e| mysql_async::Error::Other(e.into()))?;
+                        conn = Some(Conn::new(opts).await?);
                     }
                     let c = conn.as_mut().ok_or(mysql_async::Error::Other("no connection".into()))?;
                     c.exec_drop(

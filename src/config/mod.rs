@@ -6,6 +6,7 @@
 //! secrets are [`Secret`]s resolved from env or files and never printed.
 //! Later subsystems add their own sections here; the loader is generic over the tree.
 
+mod failover;
 mod load;
 mod secret;
 mod validate;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+pub use failover::{DnsConfig, FailoverConfig, PrimaryKind, ReplicationAccount, TargetFailover};
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 pub use watch::{
@@ -77,6 +79,10 @@ pub struct Config {
     /// watching.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchConfig>,
+    /// How primaries are promoted and clients re-pointed (targets with `failover`, `ferry
+    /// failover`, `ferry switchover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<FailoverConfig>,
 }
 
 impl Config {

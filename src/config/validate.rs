@@ -248,12 +248,52 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                     push(format!("{at}.lb.kubernetes"), "set exactly one of `gate` and `label`".into(), None);
                 }
             }
+            if let Some(f) = &target.failover {
+                let (kind, configured) = match f.primary {
+                    super::PrimaryKind::Mysql => ("mysql", config.local().is_some()),
+                    super::PrimaryKind::Redis => ("redis", config.local().is_some_and(|r| r.redis.is_some())),
+                };
+                if target.probe.kind() != kind {
+                    push(
+                        format!("{at}.probe"),
+                        format!(
+                            "a {kind} primary is probed with a `{kind}` probe, not `{}`",
+                            target.probe.kind()
+                        ),
+                        None,
+                    );
+                }
+                if !configured {
+                    push(
+                        format!("{at}.failover.primary"),
+                        format!("regions.{}.{kind} is not configured", config.region),
+                        None,
+                    );
+                }
+                if f.record.is_some() && config.failover.as_ref().and_then(|f| f.dns.as_ref()).is_none() {
+                    push(format!("{at}.failover.record"), "needs failover.dns".into(), None);
+                }
+            }
             if let Some(super::LbMember::Haproxy { api, backend, server, .. }) = &target.lb {
                 for (key, value) in [("api", api), ("backend", backend), ("server", server)] {
                     if value.trim().is_empty() {
                         push(format!("{at}.lb.haproxy.{key}"), "must not be empty".into(), None);
                     }
                 }
+            }
+        }
+    }
+
+    if let Some(failover) = &config.failover {
+        if failover.fence_timeout.is_zero() {
+            push("failover.fence_timeout".into(), "must be more than 0".into(), None);
+        }
+        if let Some(dns) = &failover.dns {
+            if crate::model::base64::decode(dns.key.expose()).is_err() {
+                push("failover.dns.key".into(), "is not base64".into(), None);
+            }
+            if dns.zone.trim().is_empty() {
+                push("failover.dns.zone".into(), "must not be empty".into(), None);
             }
         }
     }

@@ -108,6 +108,10 @@ pub struct TargetConfig {
     /// The load-balancer member this target is: drained on Down, re-enabled on Up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<LbMember>,
+    /// This target is one of the region's primaries: on Down, promote a replica (see
+    /// `failover`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failover: Option<super::TargetFailover>,
 }
 
 /// How a target is probed.
@@ -160,6 +164,18 @@ impl ProbeConfig {
             | ProbeConfig::Mysql { address, .. }
             | ProbeConfig::Redis { address, .. } => address,
         }
+    }
+
+    /// The same probe against another address (a primary target follows the primary).
+    pub fn with_address(&self, to: String) -> ProbeConfig {
+        let mut probe = self.clone();
+        match &mut probe {
+            ProbeConfig::Http { address, .. }
+            | ProbeConfig::Tcp { address }
+            | ProbeConfig::Mysql { address, .. }
+            | ProbeConfig::Redis { address, .. } => *address = to,
+        }
+        probe
     }
 
     pub fn kind(&self) -> &'static str {

@@ -68,7 +68,7 @@ pub async fn list(
     limit: u64,
 ) -> Result<Vec<Entry>, String> {
     let local = config.local().ok_or("no local region")?;
-    let mut conn = mysql_async::Conn::new(local.mysql.primary_opts())
+    let mut conn = mysql_async::Conn::new(crate::failover::mysql::primary_opts(&local.mysql).await?)
         .await
         .map_err(|e| format!("connecting to the local primary: {e}"))?;
     let mut conds = vec!["1 = 1".to_string()];

@@ -15,7 +15,7 @@ pub struct Promoted {
     pub old_fenced: bool,
 }
 
-async fn connect(
+pub async fn connect(
     addr: SocketAddr,
     password: Option<&str>,
 ) -> Result<redis::aio::MultiplexedConnection, String> {
@@ -26,7 +26,7 @@ async fn connect(
 }
 
 /// `ROLE`'s first element (`master`, `slave`) and, for a replica, its offset.
-async fn role(conn: &mut redis::aio::MultiplexedConnection) -> Result<(String, i64), String> {
+pub async fn role(conn: &mut redis::aio::MultiplexedConnection) -> Result<(String, i64), String> {
     let answer: Vec<redis::Value> =
         redis::cmd("ROLE").query_async(conn).await.map_err(|e| format!("ROLE: {e}"))?;
     let text = |v: Option<&redis::Value>| match v {
@@ -40,6 +40,20 @@ async fn role(conn: &mut redis::aio::MultiplexedConnection) -> Result<(String, i
         ("master", Some(redis::Value::Int(o)), _) | ("slave", _, Some(redis::Value::Int(o))) => *o,
         _ => -1,
     };
+    if role == "slave" && offset < 0 {
+        // ROLE says -1 while the link is down; INFO keeps what the replica had received.
+        let info: String = redis::cmd("INFO")
+            .arg("replication")
+            .query_async(conn)
+            .await
+            .map_err(|e| format!("INFO: {e}"))?;
+        let received = info
+            .lines()
+            .find_map(|l| l.strip_prefix("slave_repl_offset:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(-1);
+        return Ok((role, received));
+    }
     Ok((role, offset))
 }
 
@@ -64,16 +78,55 @@ pub async fn promote(
     if now != "master" {
         return Err(format!("{replica} is {now} after REPLICAOF NO ONE"));
     }
-    let old_fenced = match connect(old, password).await {
-        Err(_) => false,
-        Ok(mut o) => {
-            let fenced: Result<(), _> = redis::cmd("REPLICAOF")
-                .arg(replica.ip().to_string())
-                .arg(replica.port())
-                .query_async(&mut o)
-                .await;
-            fenced.is_ok() && role(&mut o).await.is_ok_and(|(r, _)| r == "slave")
-        }
-    };
+    let old_fenced = follow(old, replica, password).await.is_ok();
     Ok(Promoted { offset, old_fenced })
+}
+
+/// Make `server` a replica of `primary` (`REPLICAOF`), verified with `ROLE`. This is also how
+/// an old primary that answers again is fenced: it stops taking writes.
+pub async fn follow(server: SocketAddr, primary: SocketAddr, password: Option<&str>) -> Result<(), String> {
+    let mut conn = connect(server, password).await?;
+    let _: () = redis::cmd("REPLICAOF")
+        .arg(primary.ip().to_string())
+        .arg(primary.port())
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| format!("{server}: REPLICAOF {primary}: {e}"))?;
+    match role(&mut conn).await? {
+        (r, _) if r == "slave" => Ok(()),
+        (r, _) => Err(format!("{server} is {r} after REPLICAOF")),
+    }
+}
+
+/// Each server's `ROLE` and offset (an error for those that do not answer).
+pub async fn roles(servers: &[SocketAddr], password: Option<&str>) -> Vec<Result<(String, i64), String>> {
+    futures_util::future::join_all(
+        servers.iter().map(|s| async move { role(&mut connect(*s, password).await?).await }),
+    )
+    .await
+}
+
+/// The one server answering `ROLE master`; fewer or more is an error.
+pub async fn locate(servers: &[SocketAddr], password: Option<&str>) -> Result<SocketAddr, String> {
+    let masters: Vec<SocketAddr> = servers
+        .iter()
+        .zip(roles(servers, password).await)
+        .filter(|(_, r)| r.as_ref().is_ok_and(|(role, _)| role == "master"))
+        .map(|(s, _)| *s)
+        .collect();
+    match masters.as_slice() {
+        [one] => Ok(*one),
+        [] => Err("no Redis server answers ROLE master".into()),
+        many => Err(format!("several Redis servers answer ROLE master: {many:?}")),
+    }
+}
+
+/// The replica to promote: of those answering as replicas, the one with the highest offset.
+pub async fn choose(candidates: &[SocketAddr], password: Option<&str>) -> Result<(SocketAddr, i64), String> {
+    candidates
+        .iter()
+        .zip(roles(candidates, password).await)
+        .filter_map(|(s, r)| r.ok().filter(|(role, _)| role == "slave").map(|(_, offset)| (*s, offset)))
+        .max_by_key(|&(_, offset)| offset)
+        .ok_or_else(|| format!("no Redis replica answers among {candidates:?}"))
 }

@@ -145,6 +145,21 @@ pub const WATCH_LEADER: MetricName = m(
     Gauge,
     "1 while this instance holds the watch lease (or acts alone, with no lease configured), 0 otherwise",
 );
+pub const FAILOVER_TOTAL: MetricName = m(
+    "ferry_failover",
+    Counter,
+    "Failovers of a primary by kind (mysql, redis, region) and result (done, refused, failed)",
+);
+pub const FAILOVER_PHASE_SECONDS: MetricName = m(
+    "ferry_failover_phase_seconds",
+    Gauge,
+    "How long each phase of the last failover of this kind took (detect, choose, fence, relay, promote, repoint, dns, verify)",
+);
+pub const FAILOVER_OLD_PRIMARY: MetricName = m(
+    "ferry_failover_old_primary_fenced",
+    Gauge,
+    "Old primaries that returned with transactions the new primary lacks and are left fenced for an operator",
+);
 pub const APPLY_ERRORS: MetricName = m(
     "ferry_apply_errors",
     Counter,
@@ -205,6 +220,9 @@ pub const ALL: &[MetricName] = &[
     WATCH_ACTIONS,
     WATCH_TILTED,
     WATCH_LEADER,
+    FAILOVER_TOTAL,
+    FAILOVER_PHASE_SECONDS,
+    FAILOVER_OLD_PRIMARY,
     APPLY_COLLECTED,
     APPLY_ERRORS,
     APPLY_LAG,

@@ -52,18 +52,20 @@ pub struct DnsServer {
 
 impl DnsServer {
     pub async fn start_temp(zone: &str, records: &[(String, IpAddr)]) -> Result<Self, SandboxError> {
-        Self::start(ServerDir::temp("dns")?, IpAddr::from([127, 0, 0, 1]), None, zone, records).await
+        let key = TsigKey::generate("ferry-update")?;
+        Self::start(ServerDir::temp("dns")?, IpAddr::from([127, 0, 0, 1]), None, zone, records, key).await
     }
 
-    /// Serve `zone` with `records` (relative name → IPv4/IPv6 address).
+    /// Serve `zone` with `records` (relative name → IPv4/IPv6 address), accepting UPDATEs
+    /// signed with `key`.
     pub async fn start(
         dir: ServerDir,
         ip: IpAddr,
         preferred_port: Option<u16>,
         zone: &str,
         records: &[(String, IpAddr)],
+        key: TsigKey,
     ) -> Result<Self, SandboxError> {
-        let key = TsigKey::generate("ferry-update")?;
         let dir_path = dir.path().to_path_buf();
         for sub in ["run", "db", "zones"] {
             std::fs::create_dir_all(dir_path.join(sub))

@@ -30,9 +30,10 @@ pub use kafka::Broker;
 pub use mariadb::{MariaDb, MariaDbOptions, region_yaml};
 pub use process::{ProcessRecord, ServerDir, ServerProcess, pick_port};
 pub use redis_server::RedisServer;
-pub use state::{STATE_FILE, SandboxState};
+pub use state::{DbState, STATE_FILE, SandboxState};
 pub use topology::{
-    DEFAULT_REGIONS, DownReport, ProcessStatus, UpOptions, UpOutcome, ZONE, down, install_schemas, status, up,
+    APP_USER, DEFAULT_REGIONS, DownReport, ProcessStatus, UpOptions, UpOutcome, ZONE, down, install_schemas,
+    status, up,
 };
 
 /// How long a server may take to become ready.

@@ -22,6 +22,9 @@ use super::{Broker, DnsServer, Haproxy, RedisServer, SandboxError, http_get, ran
 use crate::config::{self, Config, DbServer, KafkaConfig, MysqlConfig, RedisConfig, RegionConfig, Secret};
 
 pub const ZONE: &str = "psi.test";
+/// The PSI application's MariaDB account (same password as ferry's): SELECT, INSERT, UPDATE and
+/// DELETE on `psi.*`, nothing that bypasses `read_only`.
+pub const APP_USER: &str = "app";
 pub const DEFAULT_REGIONS: &[&str] = &["east", "west"];
 /// The settings every sandbox ferry starts from (see the file's own comments).
 const TEMPLATE: &str = include_str!("../../config/sandbox.yaml");
@@ -97,6 +100,8 @@ pub async fn up(opts: UpOptions) -> Result<UpOutcome, SandboxError> {
     let password = random_password()?;
     let secret_file = write_secret(&dir, "mysql-password", &password)?;
     let records = dns_records(&opts.regions);
+    let dns_key = super::dns::TsigKey::generate("ferry-update")?;
+    let dns_key_file = write_secret(&dir, "dns-key", &dns_key.secret)?;
 
     let mut regions_started = JoinSet::new();
     for (i, name) in opts.regions.iter().enumerate() {
@@ -113,8 +118,15 @@ pub async fn up(opts: UpOptions) -> Result<UpOutcome, SandboxError> {
     let (broker, dns) = tokio::join!(
         async { Broker::start(ServerDir::fresh(dir.join("kafka"))?, ip(0, host::BROKER), Some(9092)).await },
         async {
-            DnsServer::start(ServerDir::fresh(dir.join("dns"))?, ip(0, host::DNS), Some(5300), ZONE, &records)
-                .await
+            DnsServer::start(
+                ServerDir::fresh(dir.join("dns"))?,
+                ip(0, host::DNS),
+                Some(5300),
+                ZONE,
+                &records,
+                dns_key,
+            )
+            .await
         },
     );
     let (broker, dns) = (broker?, dns?);
@@ -141,6 +153,19 @@ pub async fn up(opts: UpOptions) -> Result<UpOutcome, SandboxError> {
         .map_err(|e| SandboxError::Setup(format!("the built-in sandbox template is invalid: {e}")))?;
     let secret = Secret::from_file(&secret_file).map_err(SandboxError::Setup)?;
     let regions_config = regions_config(&regions, &broker, &secret);
+    let failover = crate::config::FailoverConfig {
+        dns: Some(crate::config::DnsConfig {
+            server: dns.addr(),
+            zone: ZONE.into(),
+            key_name: dns.key().name.clone(),
+            key: Secret::from_file(&dns_key_file).map_err(SandboxError::Setup)?,
+            ttl: super::dns::RECORD_TTL,
+            services: vec!["app".into(), "db".into(), "redis".into()],
+        }),
+        ..template.failover.clone().unwrap_or_default()
+    };
+    let mut template = template;
+    template.failover = Some(failover);
     let mut ferries = BTreeMap::new();
     for region in regions.values() {
         let ferry = start_ferry(&dir, region, &template, &regions_config, &opts.ferry_bin).await?;
@@ -281,7 +306,13 @@ pub async fn install_schemas(primary: &MariaDb) -> Result<(), SandboxError> {
         .split(';')
         .map(|s| s.lines().filter(|l| !l.trim_start().starts_with("--")).collect::<Vec<_>>().join("\n"))
         .filter(|s| !s.trim().is_empty());
-    for sql in crate::schema::STATEMENTS.iter().map(|s| s.to_string()).chain(psi) {
+    // The application's account: data only, so `read_only` (fencing) stops it.
+    let o = primary.options();
+    let app = [
+        format!("CREATE USER IF NOT EXISTS '{APP_USER}'@'%' IDENTIFIED BY '{}'", o.password),
+        format!("GRANT SELECT, INSERT, UPDATE, DELETE ON psi.* TO '{APP_USER}'@'%'"),
+    ];
+    for sql in crate::schema::STATEMENTS.iter().map(|s| s.to_string()).chain(psi).chain(app) {
         conn.query_drop(&sql)
             .await
             .map_err(|e| SandboxError::sql(format!("installing schemas on {}", primary.name()), e))?;
@@ -356,32 +387,7 @@ async fn start_ferry(
             capture.server_id = u32::from(region.octet) * 1000 + 1;
         }
         if let Some(watch) = config.watch.as_mut() {
-            // The region's app nodes, each a member of the region's HAProxy backend; the
-            // template's first target (if any) gives the timing.
-            let like = watch.targets.first().cloned();
-            watch.targets = region
-                .apps
-                .iter()
-                .map(|app| crate::config::TargetConfig {
-                    name: app.name.clone(),
-                    probe: crate::config::ProbeConfig::Http {
-                        address: app.addr.to_string(),
-                        path: "/health/ready".into(),
-                        expect_status: 200,
-                        body_contains: None,
-                    },
-                    interval: like.as_ref().map_or(Duration::from_secs(1), |t| t.interval),
-                    timeout: like.as_ref().map_or(Duration::from_millis(500), |t| t.timeout),
-                    failure_threshold: like.as_ref().map_or(3, |t| t.failure_threshold),
-                    recovery_threshold: like.as_ref().map_or(3, |t| t.recovery_threshold),
-                    lb: Some(crate::config::LbMember::Haproxy {
-                        api: region.haproxy.admin_socket().display().to_string(),
-                        backend: super::haproxy::BACKEND.into(),
-                        server: app.name.clone(),
-                        down_state: crate::config::DownState::Drain,
-                    }),
-                })
-                .collect();
+            watch.targets = region_targets(region, &watch.targets);
         }
         let yaml = serde_saphyr::to_string(&config)
             .map_err(|e| SandboxError::Setup(format!("encoding the ferry config: {e}")))?;
@@ -397,6 +403,73 @@ async fn start_ferry(
     let name = format!("{}-ferry", region.name);
     let (process, http) = start_server(&name, listen_ip, Some(9464), &log, command, probe).await?;
     Ok(FerryProcess { process, http, config: config_path })
+}
+
+/// The region's watch targets: each app node (a member of the region's HAProxy backend), the
+/// MariaDB primary and the Redis primary (failed over, their DNS records switched). The
+/// template's target of the same name (`app`, `db`, `redis`) gives the timing.
+fn region_targets(
+    region: &RegionServers,
+    template: &[crate::config::TargetConfig],
+) -> Vec<crate::config::TargetConfig> {
+    use crate::config::{LbMember, PrimaryKind, ProbeConfig, TargetConfig, TargetFailover};
+    let like = |name: &str, probe: ProbeConfig| {
+        let t = template.iter().find(|t| t.name == name);
+        TargetConfig {
+            name: name.to_string(),
+            probe,
+            interval: t.map_or(Duration::from_secs(1), |t| t.interval),
+            timeout: t.map_or(Duration::from_millis(500), |t| t.timeout),
+            failure_threshold: t.map_or(3, |t| t.failure_threshold),
+            recovery_threshold: t.map_or(3, |t| t.recovery_threshold),
+            lb: None,
+            failover: None,
+        }
+    };
+    let mut targets: Vec<TargetConfig> = region
+        .apps
+        .iter()
+        .map(|app| TargetConfig {
+            name: app.name.clone(),
+            lb: Some(LbMember::Haproxy {
+                api: region.haproxy.admin_socket().display().to_string(),
+                backend: super::haproxy::BACKEND.into(),
+                server: app.name.clone(),
+                down_state: crate::config::DownState::Drain,
+            }),
+            ..like(
+                "app",
+                ProbeConfig::Http {
+                    address: app.addr.to_string(),
+                    path: "/health/ready".into(),
+                    expect_status: 200,
+                    body_contains: None,
+                },
+            )
+        })
+        .collect();
+    targets.push(TargetConfig {
+        failover: Some(TargetFailover {
+            primary: PrimaryKind::Mysql,
+            record: Some(format!("db.{}", region.name)),
+        }),
+        ..like(
+            "db",
+            ProbeConfig::Mysql {
+                address: region.db_primary.addr().to_string(),
+                heartbeat: false,
+                max_replica_lag: None,
+            },
+        )
+    });
+    targets.push(TargetConfig {
+        failover: Some(TargetFailover {
+            primary: PrimaryKind::Redis,
+            record: Some(format!("redis.{}", region.name)),
+        }),
+        ..like("redis", ProbeConfig::Redis { address: region.redis_primary.addr().to_string(), role: None })
+    });
+    targets
 }
 
 impl RegionServers {

@@ -7,6 +7,7 @@ pub mod kube;
 pub mod lb;
 pub mod leader;
 pub mod net;
+pub mod primary;
 pub mod probe;
 pub mod role;
 pub mod state;

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
 use super::leader::{Holder, KubeLease, Leadership, Lease};
+use super::primary::{PrimaryWatch, Region};
 use super::probe::{Credentials, probe};
 use super::state::{Event, Thresholds, Tilt, Tracker};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
@@ -42,6 +43,18 @@ pub struct ActionLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailoverLabels {
+    pub kind: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub kind: &'static str,
+    pub phase: &'static str,
+}
+
 #[derive(Debug, Clone, Default)]
 pub struct WatchMetrics {
     pub up: Family<TargetLabels, Gauge>,
@@ -51,6 +64,9 @@ pub struct WatchMetrics {
     pub actions: Family<ActionLabels, Counter>,
     pub tilted: Gauge,
     pub leader: Gauge,
+    pub failovers: Family<FailoverLabels, Counter>,
+    pub failover_phases: Family<PhaseLabels, Gauge<f64, AtomicU64>>,
+    pub old_primaries_fenced: Gauge,
 }
 
 impl WatchMetrics {
@@ -63,6 +79,9 @@ impl WatchMetrics {
         metrics.register(names::WATCH_ACTIONS, m.actions.clone());
         metrics.register(names::WATCH_TILTED, m.tilted.clone());
         metrics.register(names::WATCH_LEADER, m.leader.clone());
+        metrics.register(names::FAILOVER_TOTAL, m.failovers.clone());
+        metrics.register(names::FAILOVER_PHASE_SECONDS, m.failover_phases.clone());
+        metrics.register(names::FAILOVER_OLD_PRIMARY, m.old_primaries_fenced.clone());
         m
     }
 }
@@ -72,6 +91,7 @@ pub struct WatchRole {
     config: WatchConfig,
     credentials: Credentials,
     metrics: WatchMetrics,
+    servers: Region,
 }
 
 impl WatchRole {
@@ -83,7 +103,12 @@ impl WatchRole {
             mysql: local.map(|r| (r.mysql.user.clone(), r.mysql.password.clone())),
             redis_password: local.and_then(|r| r.redis.as_ref()).and_then(|r| r.password.clone()),
         };
-        Some(Self { region: config.region.clone(), config: watch, credentials, metrics })
+        let servers = Region {
+            mysql: local.map(|r| r.mysql.clone()),
+            redis: local.and_then(|r| r.redis.clone()),
+            failover: config.failover.clone().unwrap_or_default(),
+        };
+        Some(Self { region: config.region.clone(), config: watch, credentials, metrics, servers })
     }
 }
 
@@ -128,6 +153,10 @@ struct Shared {
     lease: Option<Holder>,
     /// The Kubernetes client, made on first use (in-cluster config or kubeconfig).
     kube: tokio::sync::OnceCell<kube::Client>,
+    /// The region's servers, for primary targets.
+    servers: Region,
+    /// Old primaries left fenced, over all targets.
+    fenced: AtomicUsize,
 }
 
 impl Shared {
@@ -175,6 +204,7 @@ impl Shared {
         self.metrics.tilted.set(i64::from(tilted));
         let epoch = self.leadership.epoch();
         self.metrics.leader.set(i64::from(epoch.is_some()));
+        self.metrics.old_primaries_fenced.set(self.fenced.load(Ordering::Relaxed) as i64);
         let mut details = self.board.lock().map(|b| b.json()).unwrap_or_default();
         details["leader"] =
             serde_json::json!({ "leading": epoch.is_some(), "epoch": epoch, "lease": self.lease.is_some() });
@@ -240,6 +270,8 @@ impl Role for WatchRole {
                 leadership: lease.as_ref().map_or_else(Leadership::alone, Holder::leadership),
                 lease,
                 kube: tokio::sync::OnceCell::new(),
+                servers: self.servers.clone(),
+                fenced: AtomicUsize::new(0),
             });
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
@@ -270,8 +302,18 @@ struct Membership {
 }
 
 /// The alerts a target's state calls for.
-fn wanted_alerts(tracker: &Tracker, member: &Membership) -> BTreeSet<&'static str> {
+fn wanted_alerts(
+    tracker: &Tracker,
+    member: &Membership,
+    primary: Option<&PrimaryWatch>,
+) -> BTreeSet<&'static str> {
     let mut out = BTreeSet::new();
+    if primary.is_some_and(|p| p.refused.is_some()) {
+        out.insert("FerryFailoverNotDone");
+    }
+    if primary.is_some_and(|p| !p.fenced.is_empty()) {
+        out.insert("FerryOldPrimaryFenced");
+    }
     if !tracker.health().is_serving() {
         out.insert("FerryTargetDown");
     }
@@ -291,6 +333,10 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
     let mut tilt = Tilt::new(watch.tick_tolerance, watch.on_time_ticks);
     let mut member = Membership { wanted_in: true, known_in: None, kept_last: false };
     let mut alerts_sent: BTreeSet<&'static str> = BTreeSet::new();
+    let mut primary = match &target.failover {
+        Some(f) => Some(PrimaryWatch::start(f.clone(), &shared.servers, target.probe.address()).await),
+        None => None,
+    };
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -310,7 +356,12 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             record(&shared, &target.name, "tilt", if acting { "resumed" } else { "tilted" }, None);
         }
         let started = Instant::now();
-        let result = probe(&target.probe, &shared.credentials, target.timeout).await;
+        let following = primary.as_ref().map(|p| target.probe.with_address(p.current.address()));
+        let result =
+            probe(following.as_ref().unwrap_or(&target.probe), &shared.credentials, target.timeout).await;
+        if let Some(p) = primary.as_mut() {
+            p.observed(result.is_ok(), &shared.servers).await;
+        }
         shared.metrics.probe_seconds.get_or_create(&labels).set(started.elapsed().as_secs_f64());
         let event = tracker.observe(result.is_ok(), Instant::now());
         let last_error = result.err();
@@ -340,9 +391,15 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         // Only the leader acts, and only with an epoch Redis still confirms.
         let epoch = shared.leadership.epoch();
         let pending_lb = target.lb.is_some() && member.known_in != Some(member.wanted_in);
+        let failover_due =
+            primary.as_ref().is_some_and(|p| !tracker.health().is_serving() && p.due(Instant::now()));
+        let settle_due = primary.as_ref().is_some_and(|p| !p.returned.is_empty());
         let mut allowed = acting && epoch.is_some();
         if allowed
-            && (pending_lb || wanted_alerts(&tracker, &member) != alerts_sent)
+            && (pending_lb
+                || failover_due
+                || settle_due
+                || wanted_alerts(&tracker, &member, primary.as_ref()) != alerts_sent)
             && let (Some(lease), Some(e)) = (&shared.lease, epoch)
             && !lease.fenced(e).await
         {
@@ -364,8 +421,32 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                 count(&shared, &target.name, action, why);
             }
         }
+        if let Some(p) = primary.as_mut()
+            && allowed
+            && (failover_due || settle_due)
+        {
+            let started = Instant::now();
+            let fenced_before = p.fenced.len();
+            if failover_due {
+                let report = p.fail_over(&shared.servers, target.interval).await;
+                failed_over(&shared, &target.name, &report, epoch);
+                if report.result == "done" {
+                    // The promoted server starts with a clean slate.
+                    tracker = Tracker::new(thresholds, watch.flap.clone());
+                }
+            }
+            for (old, what) in p.settle_returned(&shared.servers, target.timeout).await {
+                record(&shared, &target.name, "old_primary", &old, Some(what));
+            }
+            shared.fenced.fetch_add(p.fenced.len() - fenced_before, Ordering::Relaxed);
+            // Acting took this long on purpose: the next tick is due an interval from now, not
+            // late (which would read as a stalled process).
+            if started.elapsed() > target.interval {
+                tick.reset();
+            }
+        }
         if allowed {
-            let want_alerts = wanted_alerts(&tracker, &member);
+            let want_alerts = wanted_alerts(&tracker, &member, primary.as_ref());
             for name in want_alerts.difference(&alerts_sent) {
                 let (summary, description) = match *name {
                     "FerryTargetDown" => (
@@ -376,6 +457,23 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                             target.probe.kind(),
                             last_error.clone().unwrap_or_default()
                         ),
+                    ),
+                    "FerryFailoverNotDone" => (
+                        format!("{} is down and ferry could not fail it over", target.name),
+                        primary.as_ref().and_then(|p| p.refused.clone()).unwrap_or_default(),
+                    ),
+                    "FerryOldPrimaryFenced" => (
+                        format!("an old primary of {} is fenced and needs an operator", target.name),
+                        primary
+                            .as_ref()
+                            .map(|p| {
+                                p.fenced
+                                    .iter()
+                                    .map(|(s, r)| format!("{s}: {r}"))
+                                    .collect::<Vec<_>>()
+                                    .join("; ")
+                            })
+                            .unwrap_or_default(),
                     ),
                     "FerryTargetFlapping" => (
                         format!("{} is flapping and held down", target.name),
@@ -405,10 +503,37 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                     "last_error": last_error,
                     "in_load_balancer": member.known_in,
                     "held_down": tracker.held_until().is_some(),
+                    "primary": primary.as_ref().map(|p| p.current.address()),
+                    "old_primaries_waiting": primary.as_ref().map(|p| p.returned.iter().map(|s| s.address()).collect::<Vec<_>>()),
+                    "old_primaries_fenced": primary.as_ref().map(|p| p.fenced.clone()),
                 }),
             );
         }
         shared.publish();
+    }
+}
+
+/// Journal, log and count a failover.
+fn failed_over(shared: &Shared, target: &str, report: &crate::failover::run::Report, epoch: Option<u64>) {
+    shared
+        .metrics
+        .failovers
+        .get_or_create(&FailoverLabels { kind: report.kind, result: report.result })
+        .inc();
+    for (phase, seconds) in &report.phases {
+        shared.metrics.failover_phases.get_or_create(&PhaseLabels { kind: report.kind, phase }).set(*seconds);
+    }
+    if report.result == "done" {
+        tracing::warn!(%target, old = %report.old, new = ?report.new, total_s = report.total_seconds(), "failed over");
+    } else {
+        tracing::error!(%target, old = %report.old, reason = ?report.reason, "failover {}", report.result);
+    }
+    if let Ok(mut board) = shared.board.lock() {
+        let mut entry = serde_json::json!({
+            "at_unix_ms": unix_ms(), "target": target, "kind": "failover", "what": report.result, "epoch": epoch,
+        });
+        entry["report"] = serde_json::to_value(report).unwrap_or_default();
+        board.record(entry);
     }
 }
 

@@ -114,3 +114,66 @@ pub fn db_options(name: &str, server_id: u32, domain: u32, offset: u32) -> ferry
     o.extra_args = vec!["--auto-increment-increment=16".into(), format!("--auto-increment-offset={offset}")];
     o
 }
+
+/// One sandbox at a time on this machine: sandboxes share the 127.77.x.x addresses and
+/// prefer the same ports, and two starting at once can take each other's server for their own.
+/// nextest runs the sandbox tests in one test group (`.config/nextest.toml`); this lock (an
+/// advisory `flock`, released when dropped) covers `cargo test`, whose threads would not.
+pub struct SandboxLock(std::fs::File);
+
+pub fn sandbox_lock() -> SandboxLock {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(std::env::temp_dir().join("ferry-sandbox-tests.lock"))
+        .unwrap();
+    // SAFETY: flock on a descriptor this function owns; it blocks until the lock is free.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    assert_eq!(locked, 0, "flock: {}", std::io::Error::last_os_error());
+    SandboxLock(file)
+}
+
+/// A sandbox (`ferry sandbox up`) in a temp dir, taken down when dropped.
+pub struct Sandbox {
+    pub dir: std::path::PathBuf,
+    pub state: ferry::sandbox::SandboxState,
+    _tmp: tempfile::TempDir,
+    // Dropped last, after the sandbox is down.
+    _lock: SandboxLock,
+}
+
+impl Sandbox {
+    pub fn up() -> Self {
+        let lock = sandbox_lock();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("sb");
+        let out = Command::new(FERRY).args(["sandbox", "up", "--dir"]).arg(&dir).output().unwrap();
+        let sandbox = |state| Self { dir: dir.clone(), state, _tmp: tmp, _lock: lock };
+        if !out.status.success() {
+            // Take down whatever did start before failing.
+            let _ = Command::new(FERRY).args(["sandbox", "down", "--dir"]).arg(&dir).output();
+            panic!("sandbox up: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        sandbox(ferry::sandbox::SandboxState::load(&dir).unwrap().unwrap())
+    }
+
+    /// The region's ferry `/status`, parsed.
+    pub async fn status(&self, region: &str) -> serde_json::Value {
+        let url = &self.state.regions[region].ferry.http_url;
+        let addr: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+        match ferry::sandbox::http_get(addr, "/status").await {
+            Ok((200, body)) => serde_json::from_str(&body).unwrap(),
+            other => panic!("/status of {region}: {other:?}"),
+        }
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if ferry::sandbox::SandboxState::path(&self.dir).exists() {
+            let _ = Command::new(FERRY).args(["sandbox", "down", "--dir"]).arg(&self.dir).output();
+        }
+    }
+}

@@ -1,0 +1,246 @@
+//! A target that is one of the region's primaries (`failover` on the target). The loop probes
+//! whichever server is the primary now; when it goes Down the leader fails it over
+//! (`failover::run`), and an old primary that answers again is fenced and, when its history
+//! allows, rejoins as a replica (never promoted back on its own).
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::config::{DbServer, FailoverConfig, MysqlConfig, PrimaryKind, RedisConfig, TargetFailover};
+use crate::failover::mysql::{self, Accounts, Returned};
+use crate::failover::redis_promote;
+use crate::failover::run::{self, Plan, Report};
+use crate::model::Position;
+
+/// After a failover that did not finish, the next attempt waits this many intervals.
+const RETRY_INTERVALS: u32 = 10;
+
+/// One of the region's servers of the target's kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Server {
+    Db(DbServer),
+    Redis(SocketAddr),
+}
+
+impl Server {
+    pub fn address(&self) -> String {
+        match self {
+            Server::Db(s) => format!("{}:{}", s.host, s.port),
+            Server::Redis(a) => a.to_string(),
+        }
+    }
+}
+
+/// What the region has, for failing over one kind of primary.
+#[derive(Clone)]
+pub struct Region {
+    pub mysql: Option<MysqlConfig>,
+    pub redis: Option<RedisConfig>,
+    pub failover: FailoverConfig,
+}
+
+impl Region {
+    fn accounts(&self) -> Option<Accounts> {
+        self.mysql.as_ref().map(|m| Accounts::from_config(m, Some(&self.failover)))
+    }
+
+    fn redis_password(&self) -> Option<String> {
+        self.redis.as_ref().and_then(|r| r.password.as_ref()).map(|p| p.expose().to_string())
+    }
+
+    fn redis_servers(&self) -> Vec<SocketAddr> {
+        self.redis
+            .iter()
+            .flat_map(|r| std::iter::once(&r.primary).chain(&r.replicas))
+            .filter_map(|a| a.parse().ok())
+            .collect()
+    }
+}
+
+/// The failover state of one primary target.
+pub struct PrimaryWatch {
+    pub config: TargetFailover,
+    pub current: Server,
+    /// Old primaries not heard from since their failover: fenced (and maybe rejoined) once
+    /// they answer.
+    pub returned: Vec<Server>,
+    /// Old primaries left fenced for an operator, with why.
+    pub fenced: Vec<(String, String)>,
+    /// Why the last failover did not finish (alerted while set).
+    pub refused: Option<String>,
+    /// The primary's position at its last successful probe.
+    pub last_position: Option<Position>,
+    /// When the current run of failed probes began.
+    pub failing_since: Option<Instant>,
+    retry_at: Option<Instant>,
+}
+
+impl PrimaryWatch {
+    /// Find the current primary (the configured one when none can be told).
+    pub async fn start(config: TargetFailover, region: &Region, fallback: &str) -> Self {
+        let current = match config.primary {
+            PrimaryKind::Mysql => {
+                let m = region.mysql.as_ref();
+                let found = match (m, region.accounts()) {
+                    (Some(m), Some(a)) => mysql::locate(m, &a, Duration::from_secs(2)).await.map_err(|e| {
+                        tracing::warn!(error = %e, "watch: could not tell the MariaDB primary; using the configured one");
+                    }),
+                    _ => Err(()),
+                };
+                Server::Db(found.unwrap_or_else(|()| {
+                    m.map(|m| m.primary.clone()).unwrap_or(DbServer {
+                        host: fallback.rsplit_once(':').map_or(fallback, |(h, _)| h).to_string(),
+                        port: 3306,
+                        server_id: 0,
+                    })
+                }))
+            }
+            PrimaryKind::Redis => {
+                let password = region.redis_password();
+                let found = redis_promote::locate(&region.redis_servers(), password.as_deref()).await;
+                Server::Redis(found.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "watch: could not tell the Redis primary; using the configured one");
+                    region
+                        .redis
+                        .as_ref()
+                        .and_then(|r| r.primary.parse().ok())
+                        .or_else(|| fallback.parse().ok())
+                        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 6379)))
+                }))
+            }
+        };
+        Self {
+            config,
+            current,
+            returned: Vec::new(),
+            fenced: Vec::new(),
+            refused: None,
+            last_position: None,
+            failing_since: None,
+            retry_at: None,
+        }
+    }
+
+    /// Note a probe's result (and, for MariaDB, the primary's position while it answers).
+    pub async fn observed(&mut self, healthy: bool, region: &Region) {
+        if !healthy {
+            self.failing_since.get_or_insert_with(Instant::now);
+            return;
+        }
+        self.failing_since = None;
+        if let (Server::Db(server), Some(accounts)) = (&self.current, region.accounts())
+            && let Ok(o) = mysql::observe(server, &accounts, Duration::from_millis(500)).await
+        {
+            self.last_position = Some(o.executed);
+        }
+    }
+
+    /// A failover may start now (it is Down and no retry is pending).
+    pub fn due(&self, now: Instant) -> bool {
+        self.retry_at.is_none_or(|at| now >= at)
+    }
+
+    /// Fail the current primary over. On success the promoted server is the current one and
+    /// the old one waits to be fenced when it answers.
+    pub async fn fail_over(&mut self, region: &Region, interval: Duration) -> Report {
+        let detected = self.failing_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let report = match Plan::new(&region.failover, self.config.record.as_deref(), detected) {
+            Err(e) => failed(self.config.primary, &self.current, e),
+            Ok(plan) => match (&self.current, region.mysql.as_ref(), region.accounts()) {
+                (Server::Db(old), Some(m), Some(a)) => {
+                    run::mysql_primary(&plan, m, &a, old, self.last_position.as_ref()).await
+                }
+                (Server::Redis(old), ..) => {
+                    let password = region.redis_password();
+                    run::redis_primary(&plan, &region.redis_servers(), password.as_deref(), *old).await
+                }
+                _ => failed(
+                    self.config.primary,
+                    &self.current,
+                    "the region's MariaDB is not configured".into(),
+                ),
+            },
+        };
+        let promoted = report.new.as_ref().filter(|_| report.result == "done");
+        match (promoted, &self.current) {
+            (Some(_), Server::Db(_)) => {
+                let new = region
+                    .mysql
+                    .iter()
+                    .flat_map(mysql::servers)
+                    .find(|s| Some(mysql::describe(s)) == report.new);
+                if let Some(new) = new {
+                    self.returned.push(std::mem::replace(&mut self.current, Server::Db(new)));
+                }
+            }
+            (Some(new), Server::Redis(_)) => {
+                if let Ok(new) = new.parse() {
+                    self.returned.push(std::mem::replace(&mut self.current, Server::Redis(new)));
+                }
+            }
+            (None, _) => {}
+        }
+        if report.result == "done" {
+            self.refused = None;
+            self.retry_at = None;
+            self.failing_since = None;
+            self.last_position = None;
+        } else {
+            self.refused = report.reason.clone();
+            self.retry_at = Some(Instant::now() + interval * RETRY_INTERVALS);
+        }
+        report
+    }
+
+    /// Try each old primary that has not answered since its failover: fence it and let it
+    /// rejoin when its history allows. Returns a journal line per old primary dealt with.
+    pub async fn settle_returned(
+        &mut self,
+        region: &Region,
+        probe_timeout: Duration,
+    ) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        let mut waiting = Vec::new();
+        for old in std::mem::take(&mut self.returned) {
+            // Only a server that accepts connections is worth a full attempt.
+            let reachable =
+                tokio::time::timeout(probe_timeout, tokio::net::TcpStream::connect(old.address()))
+                    .await
+                    .is_ok_and(|c| c.is_ok());
+            let result = match (&old, &self.current, reachable) {
+                (_, _, false) => None,
+                (Server::Db(o), Server::Db(new), true) => match region.accounts() {
+                    Some(a) => mysql::rejoin(o, new, &a, region.failover.fence_timeout).await.ok(),
+                    None => None,
+                },
+                (Server::Redis(o), Server::Redis(new), true) => {
+                    let password = region.redis_password();
+                    redis_promote::follow(*o, *new, password.as_deref())
+                        .await
+                        .ok()
+                        .map(|()| Returned::Rejoined)
+                }
+                _ => None,
+            };
+            match result {
+                None => waiting.push(old),
+                Some(Returned::Rejoined) => out.push((
+                    old.address(),
+                    format!("fenced; rejoined as a replica of {}", self.current.address()),
+                )),
+                Some(Returned::Fenced { reason }) => {
+                    out.push((old.address(), format!("fenced and left for an operator: {reason}")));
+                    self.fenced.push((old.address(), reason));
+                }
+            }
+        }
+        self.returned = waiting;
+        out
+    }
+}
+
+fn failed(kind: PrimaryKind, current: &Server, reason: String) -> Report {
+    let mut report = run::Report::empty(kind, current.address());
+    report.reason = Some(reason);
+    report
+}
