@@ -69,6 +69,16 @@ enum Command {
         #[arg(long)]
         all_origins: bool,
     },
+    /// Switch a whole region's traffic to another region (DNS), with the RPO report.
+    Failover {
+        #[command(subcommand)]
+        command: FailoverCommand,
+    },
+    /// A planned, lossless handover of a primary to a replica.
+    Switchover {
+        #[command(subcommand)]
+        command: SwitchoverCommand,
+    },
     /// Measure performance against a baseline on this machine (build with --release).
     Bench {
         #[command(subcommand)]
@@ -78,6 +88,41 @@ enum Command {
     Sandbox {
         #[command(subcommand)]
         command: SandboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FailoverCommand {
+    /// Point every DNS record of region FROM's services (failover.dns.services) at region TO's
+    /// addresses, after checking TO's primaries, and report the RPO: FROM's published
+    /// transactions TO has not applied. Without --confirm, only plans and reports (exit 0);
+    /// with it, switches (exit 1 when refused or not every record switched). The report is
+    /// kept in ferry.failovers on TO's primary.
+    Region {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        to: String,
+        #[arg(long)]
+        confirm: bool,
+        /// The report as one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SwitchoverCommand {
+    /// `FAILOVER TO` the Redis replica with the highest offset, then switch `redis.<region>`
+    /// in DNS (when failover.dns is set) and verify it reaches the new primary.
+    Redis {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// Default: the configuration's own region.
+        #[arg(long)]
+        region: Option<String>,
     },
 }
 
@@ -161,12 +206,75 @@ pub fn main() -> i32 {
         }
         Command::Run { config } => run(&config),
         Command::Tail { config, from, table, all_origins } => tail(&config, from, table, all_origins),
+        Command::Failover { command: FailoverCommand::Region { config, from, to, confirm, json } } => {
+            region_failover(&config, &from, &to, confirm, json)
+        }
+        Command::Switchover { command: SwitchoverCommand::Redis { config, region } } => {
+            redis_switchover(&config, region)
+        }
         Command::Bench { command } => bench(command),
         Command::Sandbox { command } => {
             logging::init(LogFormat::Text, "warn,ferry=info");
             block_on(sandbox_command(command))
         }
     }
+}
+
+fn region_failover(path: &Path, from: &str, to: &str, confirm: bool, json: bool) -> i32 {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(LogFormat::Text, "warn");
+    block_on(async move {
+        let report = match crate::failover::region::fail_over(&c, from, to, confirm).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("failover region: {e}");
+                return 1;
+            }
+        };
+        if json {
+            println!("{}", serde_json::to_string(&report).unwrap_or_default());
+        } else {
+            print!("{}", crate::failover::region::render(&report));
+        }
+        match report.result.as_str() {
+            "done" | "planned" => 0,
+            _ => 1,
+        }
+    })
+}
+
+fn redis_switchover(path: &Path, region: Option<String>) -> i32 {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(LogFormat::Text, "warn");
+    let region = region.unwrap_or_else(|| c.region.clone());
+    let Some(redis) = c.regions.get(&region).and_then(|r| r.redis.clone()) else {
+        eprintln!("switchover redis: regions.{region}.redis is not configured");
+        return EXIT_CONFIG;
+    };
+    block_on(async move {
+        let failover = c.failover.clone().unwrap_or_default();
+        let record = failover.dns.as_ref().map(|_| format!("redis.{region}"));
+        let plan =
+            match crate::failover::run::Plan::new(&failover, record.as_deref(), std::time::Duration::ZERO) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("switchover redis: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+        let servers: Vec<SocketAddr> =
+            std::iter::once(&redis.primary).chain(&redis.replicas).filter_map(|a| a.parse().ok()).collect();
+        let password = redis.password.as_ref().map(|p| p.expose().to_string());
+        let report = crate::failover::run::redis_switchover(&plan, &servers, password.as_deref()).await;
+        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        if report.result == "done" { 0 } else { 1 }
+    })
 }
 
 fn load(path: &Path) -> Result<Config, i32> {

@@ -8,6 +8,7 @@
 //! - `row_origins`: for rows apply wrote, the region and version it wrote (the tie-break
 //!   needs the writer of the local row; a row whose version differs was written here).
 //! - `conflicts`: one row per conflict decided, with both images, winner and rule.
+//! - `failovers`: each region failover ferry carried out, with its RPO report.
 //! - `watch_probe`: the watch loop's MySQL heartbeat writes (`heartbeat: true` probes).
 //! - `heartbeat`: written every second by each region; the only `ferry` table that is captured.
 //!
@@ -70,6 +71,17 @@ pub const STATEMENTS: &[&str] = &[
         decided_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
         KEY by_time (decided_at),
         KEY by_table (table_name, decided_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.failovers (
+        id BIGINT UNSIGNED NOT NULL AUTO_INCREMENT PRIMARY KEY,
+        kind VARCHAR(16) NOT NULL,
+        from_region VARCHAR(32) NOT NULL,
+        to_region VARCHAR(32) NOT NULL,
+        result VARCHAR(16) NOT NULL,
+        unapplied BIGINT NOT NULL,
+        report JSON NOT NULL,
+        decided_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        KEY by_time (decided_at)
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS ferry.watch_probe (
         target VARCHAR(255) NOT NULL PRIMARY KEY,

@@ -105,6 +105,8 @@ fn usage_errors_exit_64_and_help_exits_0() {
         &["run", "--help"],
         &["sandbox", "--help"],
         &["sandbox", "up", "--help"],
+        &["failover", "region", "--help"],
+        &["switchover", "redis", "--help"],
         &["sandbox", "down", "--help"],
         &["sandbox", "status", "--help"],
         &["sandbox", "app", "--help"],

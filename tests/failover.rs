@@ -157,8 +157,8 @@ async fn down_at(sb: &Sandbox, region: &str, target: &str) -> u64 {
         .unwrap_or_else(|| panic!("no Down of {target} in {journal:#?}"))
 }
 
-fn phases(entry: &serde_json::Value) -> Vec<(String, f64)> {
-    entry["report"]["phases"]
+fn phases(report: &serde_json::Value) -> Vec<(String, f64)> {
+    report["phases"]
         .as_array()
         .unwrap()
         .iter()
@@ -220,14 +220,14 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
         }]
     );
     let rows = assert_all_acked_on(&east.mysql.replica, &acked).await;
-    let promotion: f64 = phases(&entry).iter().filter(|(p, _)| p != "detect").map(|(_, s)| s).sum();
+    let promotion: f64 = phases(&entry["report"]).iter().filter(|(p, _)| p != "detect").map(|(_, s)| s).sum();
     println!(
         "mariadb kill -9: detected (Down) {detection:?} after the kill (bound {:?}); promotion + DNS + verify {:.3} s \
          {:?}; the writer's first acknowledged insert through db.east came {resumed:?} after the kill; \
          {} acknowledged inserts, all {} on the new primary ({rows} rows there)",
         INTERVAL * (FAILURES + 1),
         promotion,
-        phases(&entry),
+        phases(&entry["report"]),
         acked.len(),
         acked.len()
     );
@@ -312,7 +312,7 @@ async fn a_frozen_mariadb_primary_is_fenced_when_it_resumes() {
         "mariadb SIGSTOP: promoted {promoted:?} after the freeze (phases {:?}); the writer's first acknowledged \
          insert through db.west came {resumed:?} after the freeze; resumed old primary fenced {fenced_after:?} \
          after SIGCONT: {outcome}; it refuses writes ({refused}); {} acknowledged inserts, none lost ({rows} rows)",
-        phases(&entry),
+        phases(&entry["report"]),
         acked.len()
     );
 }
@@ -383,6 +383,7 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
     let old: SocketAddr = east.redis.primary.address.parse().unwrap();
     let restarted = std::process::Command::new("redis-server")
         .args(["--bind", &old.ip().to_string(), "--port", &old.port().to_string()])
+        .args(["--replica-announce-ip", &old.ip().to_string()])
         .args([
             "--save",
             "",
@@ -420,12 +421,12 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
     let rejoined = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
+    let acked: Vec<(u64, Instant)> = acked.lock().unwrap().clone();
 
     // What was acknowledged is on the promoted replica; Redis replication is asynchronous, so
     // writes acknowledged in the last moment before the kill may be missing: counted, not hidden.
     let new: SocketAddr = east.redis.replica.address.parse().unwrap();
     let mut c = ferry::failover::redis_promote::connect(new, None).await.unwrap();
-    let acked: Vec<(u64, Instant)> = acked.lock().unwrap().clone();
     let mut missing_before = 0;
     for (n, at) in &acked {
         let got: Option<u64> = redis::cmd("GET").arg(format!("w{n}")).query_async(&mut c).await.unwrap();
@@ -434,12 +435,163 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
             missing_before += 1;
         }
     }
+
+    // A planned switchover back to the restarted server: FAILOVER TO loses nothing, DNS follows,
+    // and the watch loop follows the primary.
+    let switch = std::process::Command::new(common::FERRY)
+        .args(["switchover", "redis", "--config"])
+        .arg(&east.ferry.config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&switch.stdout);
+    assert!(switch.status.success(), "{text}{}", String::from_utf8_lossy(&switch.stderr));
+    let report: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(report["new"], east.redis.primary.address, "{report:#}");
+    let dns = addresses(&auth, &name).await.unwrap();
+    assert_eq!(dns.iter().map(ToString::to_string).collect::<Vec<_>>(), [old.ip().to_string()]);
+    let mut back = ferry::failover::redis_promote::connect(old, None).await.unwrap();
+    let last = acked.last().unwrap().0;
+    let got: Option<u64> = redis::cmd("GET").arg(format!("w{last}")).query_async(&mut back).await.unwrap();
+    assert_eq!(got, Some(last), "the last acknowledged SET survives the switchover");
+    let started = Instant::now();
+    loop {
+        let status = sb.status("east").await;
+        if status["details"]["watch"]["targets"]["redis"]["primary"] == east.redis.primary.address.as_str() {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "the watch loop did not follow: {status:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("redis switchover back to {old}: phases {:?}", phases(&report));
+
     println!(
         "redis kill -9: detected (Down) {detection:?} after the kill; phases {:?}; the client's first acknowledged \
          SET through {name} came {resumed:?} after the kill (Redis Sentinel reference on this machine: 6.2 s with \
          a 5 s down-after); restarted old primary was a replica {rejoined:?} after it started; {} acknowledged \
          SETs, {missing_before} of those acknowledged before the kill missing on the promoted replica",
-        phases(&entry),
+        phases(&entry["report"]),
         acked.len()
+    );
+}
+
+fn failover_region(sb: &Sandbox, confirm: bool) -> (i32, serde_json::Value) {
+    let config = &sb.state.regions["west"].ferry.config;
+    let mut cmd = std::process::Command::new(common::FERRY);
+    cmd.args(["failover", "region", "--from", "east", "--to", "west", "--json", "--config"]).arg(config);
+    if confirm {
+        cmd.arg("--confirm");
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let report = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{e}: {text}{}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), report)
+}
+
+fn unapplied(report: &serde_json::Value) -> Vec<String> {
+    report["rpo"]["Ok"]["transactions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no RPO in {report:#}"))
+        .iter()
+        .map(|t| t["gtid"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_region_failover_switches_dns_and_reports_what_the_standby_had_not_applied() {
+    let sb = Sandbox::up();
+    let (east, west) = (sb.state.regions["east"].clone(), sb.state.regions["west"].clone());
+    // West applies east's first transactions, then stops applying: what east commits from now
+    // on is published but not applied in west.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    signal(west.ferry.process.pid, "-9");
+    let mut conn = ferry_conn(&east.mysql.primary).await;
+    let mut written = Vec::new();
+    for i in 0..25 {
+        conn.exec_drop(
+            "INSERT INTO psi.customers (name, email, region) VALUES (?, ?, 'east')",
+            (format!("r{i}"), format!("r{i}@region")),
+        )
+        .await
+        .unwrap();
+        let gtid: Option<String> = conn.query_first("SELECT @@last_gtid").await.unwrap();
+        written.push(gtid.unwrap());
+    }
+    conn.disconnect().await.ok();
+
+    // The plan (no --confirm) already reports them once east's capture has published them.
+    let started = Instant::now();
+    let planned = loop {
+        let (code, report) = failover_region(&sb, false);
+        assert_eq!(code, 0, "{report:#}");
+        let have = unapplied(&report);
+        if written.iter().all(|g| have.contains(g)) {
+            break report;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "not all published: {report:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(planned["result"], "planned");
+    let auth = authority(&sb);
+    let zone = sb.state.dns.zone.clone();
+    let east_db = addresses(&auth, &format!("db.east.{zone}")).await.unwrap();
+    assert_eq!(
+        east_db.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>(),
+        [east.mysql.primary.host],
+        "a plan changes nothing"
+    );
+
+    // The whole east region goes down.
+    for pid in [
+        east.ferry.process.pid,
+        east.mysql.primary.process.pid,
+        east.mysql.replica.process.pid,
+        east.redis.primary.process.pid,
+        east.redis.replica.process.pid,
+    ] {
+        signal(pid, "-9");
+    }
+    let switching = Instant::now();
+    let (code, report) = failover_region(&sb, true);
+    let took = switching.elapsed();
+    assert_eq!(code, 0, "{report:#}");
+    assert_eq!(report["result"], "done", "{report:#}");
+    for (service, want) in [
+        ("db", west.mysql.primary.host.to_string()),
+        ("redis", west.redis.primary.address.split(':').next().unwrap().to_string()),
+        (
+            "app",
+            west.haproxy.frontend_url.trim_start_matches("http://").split(':').next().unwrap().to_string(),
+        ),
+    ] {
+        let now = addresses(&auth, &format!("{service}.east.{zone}")).await.unwrap();
+        assert_eq!(now.iter().map(ToString::to_string).collect::<Vec<_>>(), [want], "{service}.east");
+    }
+    // The RPO is exactly what east committed after west stopped applying, checked against what
+    // west's ferry.applied says it applied.
+    let mut reported = unapplied(&report);
+    reported.sort();
+    let mut expected = written.clone();
+    expected.sort();
+    assert_eq!(reported, expected, "{report:#}");
+    let mut w = ferry_conn(&west.mysql.primary).await;
+    let applied: Option<String> =
+        w.query_first("SELECT gtid FROM ferry.applied WHERE origin = 'east'").await.unwrap();
+    assert_eq!(report["rpo"]["Ok"]["applied_gtid"].as_str(), applied.as_deref());
+    let kept: Option<(String, i64)> = w
+        .query_first(
+            "SELECT result, unapplied FROM ferry.failovers WHERE kind = 'region' ORDER BY id DESC LIMIT 1",
+        )
+        .await
+        .unwrap();
+    assert_eq!(kept, Some(("done".to_string(), written.len() as i64)));
+    println!(
+        "region failover east → west: {} records switched in {took:?}; RPO {} transaction(s) published by east and \
+         not applied in west ({} → {}), {} heartbeat(s) besides; report kept in ferry.failovers",
+        report["records"].as_array().unwrap().len(),
+        reported.len(),
+        reported.first().unwrap(),
+        reported.last().unwrap(),
+        report["rpo"]["Ok"]["heartbeats"]
     );
 }

@@ -79,6 +79,7 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
             "applied",
             "capture_checkpoint",
             "conflicts",
+            "failovers",
             "heartbeat",
             "row_origins",
             "tombstones",

@@ -371,7 +371,7 @@ pub(super) async fn execute(
 }
 
 /// `done` (the last applied GTID of an origin) already covers `next`.
-fn covers(done: &Gtid, next: &Gtid) -> bool {
+pub(crate) fn covers(done: &Gtid, next: &Gtid) -> bool {
     match (done, next) {
         (Gtid::MariaDb(d), Gtid::MariaDb(n)) => d.domain == n.domain && n.seq <= d.seq,
         (Gtid::MySql { uuid: du, gno: dg }, Gtid::MySql { uuid: nu, gno: ng }) => du == nu && ng <= dg,

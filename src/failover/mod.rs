@@ -12,4 +12,5 @@ pub mod candidate;
 pub mod dns;
 pub mod mysql;
 pub mod redis_promote;
+pub mod region;
 pub mod run;

@@ -130,3 +130,18 @@ pub async fn choose(candidates: &[SocketAddr], password: Option<&str>) -> Result
         .max_by_key(|&(_, offset)| offset)
         .ok_or_else(|| format!("no Redis replica answers among {candidates:?}"))
 }
+
+/// The primary behind `conn` lists `replica` among its connected replicas (`INFO replication`:
+/// `slaveN:ip=..,port=..,state=online,...`).
+pub async fn lists_replica(
+    conn: &mut redis::aio::MultiplexedConnection,
+    replica: SocketAddr,
+) -> Result<bool, String> {
+    let info: String =
+        redis::cmd("INFO").arg("replication").query_async(conn).await.map_err(|e| format!("INFO: {e}"))?;
+    let (ip, port) = (format!("ip={}", replica.ip()), format!("port={}", replica.port()));
+    Ok(info.lines().filter(|l| l.starts_with("slave")).any(|l| {
+        let fields: Vec<&str> = l.split([':', ',']).collect();
+        fields.contains(&ip.as_str()) && fields.contains(&port.as_str()) && fields.contains(&"state=online")
+    }))
+}

@@ -296,16 +296,82 @@ pub async fn redis_primary(
     }
     clock.lap(&mut report, "repoint");
     let port = new.port();
-    let check = |ip: Ipv4Addr| async move {
-        let mut conn = redis_promote::connect(SocketAddr::new(ip.into(), port), password).await?;
-        match redis_promote::role(&mut conn).await? {
-            (r, _) if r == "master" => Ok(()),
-            (r, _) => Err(format!("the name reaches a Redis {r}")),
-        }
-    };
+    let check = |ip: Ipv4Addr| redis_answers_master(SocketAddr::new(ip.into(), port), password);
     if let Err(e) = plan.switch_and_verify(&mut report, &mut clock, old.ip(), new.ip(), check).await {
         return report.stop("failed", e);
     }
     report.result = "done";
     report
+}
+
+/// A planned Redis switchover: `FAILOVER TO` the replica with the highest offset (the primary
+/// stops writes, waits for the replica to catch up, then hands over: nothing acknowledged is
+/// lost), then the DNS switch and its verification as in a failover.
+pub async fn redis_switchover(plan: &Plan<'_>, servers: &[SocketAddr], password: Option<&str>) -> Report {
+    let old = match redis_promote::locate(servers, password).await {
+        Ok(old) => old,
+        Err(e) => return Report::empty(PrimaryKind::Redis, String::new()).stop("refused", e),
+    };
+    let (mut report, mut clock) = plan.start(PrimaryKind::Redis, old.to_string());
+    report.phases.clear();
+    let others: Vec<SocketAddr> = servers.iter().copied().filter(|s| *s != old).collect();
+    let new = match redis_promote::choose(&others, password).await {
+        Ok((new, _)) => new,
+        Err(e) => return report.stop("refused", e),
+    };
+    report.new = Some(new.to_string());
+    clock.lap(&mut report, "choose");
+    let handed = async {
+        let mut conn = redis_promote::connect(old, password).await?;
+        // FAILOVER TO needs a replica the primary lists as connected (a replica still in its
+        // first sync is not yet): wait for it a little.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !redis_promote::lists_replica(&mut conn, new).await? {
+            if Instant::now() > deadline {
+                return Err(format!("{old} does not list {new} as a connected replica"));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _: () = redis::cmd("FAILOVER")
+            .arg("TO")
+            .arg(new.ip().to_string())
+            .arg(new.port())
+            .arg("TIMEOUT")
+            .arg(10_000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| format!("FAILOVER TO {new}: {e}"))?;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut n = redis_promote::connect(new, password).await?;
+            if redis_promote::role(&mut n).await?.0 == "master" {
+                return Ok::<_, String>(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("{new} is not the primary 15 s after FAILOVER TO"));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    if let Err(e) = handed.await {
+        return report.stop("failed", e);
+    }
+    report.old_fenced = true;
+    clock.lap(&mut report, "promote");
+    let port = new.port();
+    let check = |ip: Ipv4Addr| redis_answers_master(SocketAddr::new(ip.into(), port), password);
+    if let Err(e) = plan.switch_and_verify(&mut report, &mut clock, old.ip(), new.ip(), check).await {
+        return report.stop("failed", e);
+    }
+    report.result = "done";
+    report
+}
+
+/// What a client reaching `addr` finds is a Redis primary.
+async fn redis_answers_master(addr: SocketAddr, password: Option<&str>) -> Result<(), String> {
+    let mut conn = redis_promote::connect(addr, password).await?;
+    match redis_promote::role(&mut conn).await? {
+        (r, _) if r == "master" => Ok(()),
+        (r, _) => Err(format!("the name reaches a Redis {r}")),
+    }
 }

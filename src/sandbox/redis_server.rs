@@ -36,6 +36,9 @@ impl RedisServer {
                 .args(["--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""])
                 // Diskless sync waits 5 s by default for more replicas to join; none join later here.
                 .args(["--repl-diskless-sync-delay", "0"])
+                // Replicas connect from 127.0.0.1, not their own address: announce the address a
+                // primary and ferry know them by (FAILOVER TO names the replica that way).
+                .args(["--replica-announce-ip", &ip.to_string()])
                 .args(["--protected-mode", "no", "--dir"])
                 .arg(&dir_path);
             if let Some(primary) = replica_of {

@@ -121,18 +121,51 @@ impl PrimaryWatch {
         }
     }
 
-    /// Note a probe's result (and, for MariaDB, the primary's position while it answers).
-    pub async fn observed(&mut self, healthy: bool, region: &Region) {
+    /// Note a probe's result. While the primary answers, keep its position (MariaDB) and
+    /// notice when it is no longer the primary (a planned switchover, an operator): then the
+    /// loop follows whichever server is. Returns the new primary when it moved.
+    pub async fn observed(&mut self, healthy: bool, region: &Region) -> Option<String> {
         if !healthy {
             self.failing_since.get_or_insert_with(Instant::now);
-            return;
+            return None;
         }
         self.failing_since = None;
-        if let (Server::Db(server), Some(accounts)) = (&self.current, region.accounts())
-            && let Ok(o) = mysql::observe(server, &accounts, Duration::from_millis(500)).await
-        {
-            self.last_position = Some(o.executed);
-        }
+        let within = Duration::from_millis(500);
+        let moved = match &self.current {
+            Server::Db(server) => {
+                let (Some(m), Some(accounts)) = (region.mysql.as_ref(), region.accounts()) else {
+                    return None;
+                };
+                match mysql::observe(server, &accounts, within).await {
+                    Ok(o) if o.writable() => {
+                        self.last_position = Some(o.executed);
+                        None
+                    }
+                    Ok(_) => mysql::locate(m, &accounts, within).await.ok().map(Server::Db),
+                    Err(_) => None,
+                }
+            }
+            Server::Redis(addr) => {
+                let password = region.redis_password();
+                let role = match redis_promote::connect(*addr, password.as_deref()).await {
+                    Ok(mut c) => redis_promote::role(&mut c).await.ok(),
+                    Err(_) => None,
+                };
+                match role {
+                    Some((r, _)) if r != "master" => {
+                        redis_promote::locate(&region.redis_servers(), password.as_deref())
+                            .await
+                            .ok()
+                            .map(Server::Redis)
+                    }
+                    _ => None,
+                }
+            }
+        };
+        let moved = moved.filter(|m| *m != self.current)?;
+        self.current = moved;
+        self.last_position = None;
+        Some(self.current.address())
     }
 
     /// A failover may start now (it is Down and no retry is pending).

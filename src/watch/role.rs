@@ -359,8 +359,16 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         let following = primary.as_ref().map(|p| target.probe.with_address(p.current.address()));
         let result =
             probe(following.as_ref().unwrap_or(&target.probe), &shared.credentials, target.timeout).await;
-        if let Some(p) = primary.as_mut() {
-            p.observed(result.is_ok(), &shared.servers).await;
+        if let Some(p) = primary.as_mut()
+            && let Some(now) = p.observed(result.is_ok(), &shared.servers).await
+        {
+            record(
+                &shared,
+                &target.name,
+                "primary_moved",
+                &now,
+                Some("no longer the primary: following".into()),
+            );
         }
         shared.metrics.probe_seconds.get_or_create(&labels).set(started.elapsed().as_secs_f64());
         let event = tracker.observe(result.is_ok(), Instant::now());
