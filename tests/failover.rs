@@ -595,3 +595,114 @@ async fn a_region_failover_switches_dns_and_reports_what_the_standby_had_not_app
         report["rpo"]["Ok"]["heartbeats"]
     );
 }
+
+#[tokio::test]
+async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_region_is_down() {
+    let sb = Sandbox::up();
+    let (east, west) = (sb.state.regions["east"].clone(), sb.state.regions["west"].clone());
+    // A second ferry in west that only watches east: the region is its app frontend, confirmed
+    // by east's own ferry being silent too.
+    let mut config = ferry::config::load(&west.ferry.config).unwrap();
+    config.capture = None;
+    config.apply = None;
+    let listen_ip: IpAddr = "127.77.2.9".parse().unwrap();
+    config.http.listen = SocketAddr::new(listen_ip, ferry::sandbox::pick_port(listen_ip, None).unwrap());
+    let east_front = east.haproxy.frontend_url.trim_start_matches("http://").to_string();
+    let east_ferry = east.ferry.http_url.trim_start_matches("http://").to_string();
+    let confirm = Duration::from_secs(3);
+    let watch = config.watch.as_mut().unwrap();
+    watch.targets = vec![ferry::config::TargetConfig {
+        name: "region-east".into(),
+        probe: ferry::config::ProbeConfig::Http {
+            address: east_front,
+            path: "/health/ready".into(),
+            expect_status: 200,
+            body_contains: None,
+        },
+        interval: INTERVAL,
+        timeout: Duration::from_millis(500),
+        failure_threshold: 2,
+        recovery_threshold: 2,
+        lb: None,
+        failover: Some(ferry::config::TargetFailover {
+            primary: None,
+            record: None,
+            region: Some("east".into()),
+            ferry: Some(east_ferry),
+            confirm,
+        }),
+    }];
+    let path = sb.dir.join("west").join("region-watch.yaml");
+    std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
+    let mut watcher = common::spawn_ferry(&path, &sb.dir.join("west").join("region-watch.log"));
+    struct Reap<'a>(&'a mut std::process::Child);
+    impl Drop for Reap<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _watcher = Reap(&mut watcher);
+    common::wait_ready(config.http.listen).await;
+    let journal = |what: &'static str| {
+        let addr = config.http.listen;
+        async move {
+            let (_, body) = ferry::sandbox::http_get(addr, "/status").await.unwrap();
+            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+            status["details"]["watch"]["journal"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+                .into_iter()
+                .find(|e| e["kind"] == "region_failover" && e["what"] == what)
+        }
+    };
+    let auth = authority(&sb);
+    let zone = sb.state.dns.zone.clone();
+    let app_east_name = format!("app.east.{zone}");
+    let app_east = || addresses(&auth, &app_east_name);
+    let east_front_ip =
+        east.haproxy.frontend_url.trim_start_matches("http://").split(':').next().unwrap().to_string();
+
+    // East's frontend dies, east's ferry still answers: a partition, nothing switched.
+    signal(east.haproxy.process.pid, "-9");
+    let cut = Instant::now();
+    let partition = loop {
+        if let Some(e) = journal("partition").await {
+            break e;
+        }
+        assert!(cut.elapsed() < Duration::from_secs(20), "no partition decision");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let waited = cut.elapsed();
+    assert!(waited >= confirm, "decided after {waited:?}, before the {confirm:?} window");
+    assert_eq!(
+        app_east().await.unwrap().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [east_front_ip]
+    );
+
+    // East's ferry goes too: the region is down. The switch follows.
+    signal(east.ferry.process.pid, "-9");
+    let silent = Instant::now();
+    let entry = loop {
+        if let Some(e) = journal("done").await {
+            break e;
+        }
+        assert!(silent.elapsed() < Duration::from_secs(30), "no region failover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let switched = silent.elapsed();
+    let west_front_ip =
+        west.haproxy.frontend_url.trim_start_matches("http://").split(':').next().unwrap().to_string();
+    assert_eq!(
+        app_east().await.unwrap().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        [west_front_ip]
+    );
+    let db_east = addresses(&auth, &format!("db.east.{zone}")).await.unwrap();
+    assert_eq!(db_east.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>(), [west.mysql.primary.host]);
+    println!(
+        "automatic region failover (confirm {confirm:?}): partition recognised {waited:?} after east's frontend died \
+         ({}); switched {switched:?} after east's ferry went silent too; records {}",
+        partition["detail"], entry["report"]["records"]
+    );
+}

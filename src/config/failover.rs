@@ -83,18 +83,43 @@ impl DnsConfig {
     }
 }
 
-/// A watched primary that ferry fails over when it goes Down.
+/// What ferry fails over when the target goes Down: one of the region's primaries
+/// (`primary`), or a whole other region (`region`: automatic region failover, off unless
+/// configured). Exactly one of the two.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TargetFailover {
-    /// Which of the region's primaries this target is: `mysql` (`regions.<local>.mysql`) or
-    /// `redis` (`regions.<local>.redis`). The probe follows the current primary; its
-    /// configured address is only where it starts when no primary can be found.
-    pub primary: PrimaryKind,
+    /// `mysql` (`regions.<local>.mysql`) or `redis` (`regions.<local>.redis`). The probe follows
+    /// the current primary; its configured address is only where it starts when no primary can
+    /// be found.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub primary: Option<PrimaryKind>,
     /// The DNS name clients reach this primary by (`db.east`, relative to `failover.dns.zone`
     /// or fully qualified); switched to the promoted server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// Another region whose traffic this region takes over (as `ferry failover region --from
+    /// <region> --to <local> --confirm`) once the target has been Down for `confirm` *and* the
+    /// region's own ferry does not answer either (if it does, it is a partition: no switch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// That region's ferry (`host:port` of its HTTP listener; `/health/live` is asked).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ferry: Option<String>,
+    /// How long the region must stay Down (and its ferry silent) first.
+    #[serde(default = "default_confirm", with = "humantime_serde")]
+    pub confirm: Duration,
+}
+
+impl TargetFailover {
+    /// Fail the region's `kind` primary over, switching `record` when given.
+    pub fn primary(kind: PrimaryKind, record: Option<String>) -> Self {
+        Self { primary: Some(kind), record, region: None, ferry: None, confirm: default_confirm() }
+    }
+}
+
+fn default_confirm() -> Duration {
+    Duration::from_secs(60)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

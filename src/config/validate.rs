@@ -249,26 +249,58 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                 }
             }
             if let Some(f) = &target.failover {
-                let (kind, configured) = match f.primary {
-                    super::PrimaryKind::Mysql => ("mysql", config.local().is_some()),
-                    super::PrimaryKind::Redis => ("redis", config.local().is_some_and(|r| r.redis.is_some())),
-                };
-                if target.probe.kind() != kind {
-                    push(
-                        format!("{at}.probe"),
-                        format!(
-                            "a {kind} primary is probed with a `{kind}` probe, not `{}`",
-                            target.probe.kind()
-                        ),
+                match (f.primary, &f.region) {
+                    (Some(primary), None) => {
+                        let (kind, configured) = match primary {
+                            super::PrimaryKind::Mysql => ("mysql", config.local().is_some()),
+                            super::PrimaryKind::Redis => {
+                                ("redis", config.local().is_some_and(|r| r.redis.is_some()))
+                            }
+                        };
+                        if target.probe.kind() != kind {
+                            push(
+                                format!("{at}.probe"),
+                                format!(
+                                    "a {kind} primary is probed with a `{kind}` probe, not `{}`",
+                                    target.probe.kind()
+                                ),
+                                None,
+                            );
+                        }
+                        if !configured {
+                            push(
+                                format!("{at}.failover.primary"),
+                                format!("regions.{}.{kind} is not configured", config.region),
+                                None,
+                            );
+                        }
+                    }
+                    (None, Some(region)) => {
+                        if !config.regions.contains_key(region) || *region == config.region {
+                            push(
+                                format!("{at}.failover.region"),
+                                format!("`{region}` is not another configured region"),
+                                None,
+                            );
+                        }
+                        if f.ferry.is_none() {
+                            push(
+                                format!("{at}.failover.ferry"),
+                                "needs that region's ferry (`host:port`): a region whose ferry still answers is \
+                                 partitioned, not down"
+                                    .into(),
+                                None,
+                            );
+                        }
+                        if config.failover.as_ref().and_then(|f| f.dns.as_ref()).is_none() {
+                            push(format!("{at}.failover.region"), "needs failover.dns".into(), None);
+                        }
+                    }
+                    _ => push(
+                        format!("{at}.failover"),
+                        "set exactly one of `primary` and `region`".into(),
                         None,
-                    );
-                }
-                if !configured {
-                    push(
-                        format!("{at}.failover.primary"),
-                        format!("regions.{}.{kind} is not configured", config.region),
-                        None,
-                    );
+                    ),
                 }
                 if f.record.is_some() && config.failover.as_ref().and_then(|f| f.dns.as_ref()).is_none() {
                     push(format!("{at}.failover.record"), "needs failover.dns".into(), None);

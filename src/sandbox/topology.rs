@@ -449,10 +449,7 @@ fn region_targets(
         })
         .collect();
     targets.push(TargetConfig {
-        failover: Some(TargetFailover {
-            primary: PrimaryKind::Mysql,
-            record: Some(format!("db.{}", region.name)),
-        }),
+        failover: Some(TargetFailover::primary(PrimaryKind::Mysql, Some(format!("db.{}", region.name)))),
         ..like(
             "db",
             ProbeConfig::Mysql {
@@ -463,10 +460,7 @@ fn region_targets(
         )
     });
     targets.push(TargetConfig {
-        failover: Some(TargetFailover {
-            primary: PrimaryKind::Redis,
-            record: Some(format!("redis.{}", region.name)),
-        }),
+        failover: Some(TargetFailover::primary(PrimaryKind::Redis, Some(format!("redis.{}", region.name)))),
         ..like("redis", ProbeConfig::Redis { address: region.redis_primary.addr().to_string(), role: None })
     });
     targets

@@ -9,5 +9,6 @@ pub mod leader;
 pub mod net;
 pub mod primary;
 pub mod probe;
+pub mod region;
 pub mod role;
 pub mod state;

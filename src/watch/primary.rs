@@ -59,6 +59,7 @@ impl Region {
 
 /// The failover state of one primary target.
 pub struct PrimaryWatch {
+    pub kind: PrimaryKind,
     pub config: TargetFailover,
     pub current: Server,
     /// Old primaries not heard from since their failover: fenced (and maybe rejoined) once
@@ -77,8 +78,8 @@ pub struct PrimaryWatch {
 
 impl PrimaryWatch {
     /// Find the current primary (the configured one when none can be told).
-    pub async fn start(config: TargetFailover, region: &Region, fallback: &str) -> Self {
-        let current = match config.primary {
+    pub async fn start(kind: PrimaryKind, config: TargetFailover, region: &Region, fallback: &str) -> Self {
+        let current = match kind {
             PrimaryKind::Mysql => {
                 let m = region.mysql.as_ref();
                 let found = match (m, region.accounts()) {
@@ -110,6 +111,7 @@ impl PrimaryWatch {
             }
         };
         Self {
+            kind,
             config,
             current,
             returned: Vec::new(),
@@ -178,7 +180,7 @@ impl PrimaryWatch {
     pub async fn fail_over(&mut self, region: &Region, interval: Duration) -> Report {
         let detected = self.failing_since.map_or(Duration::ZERO, |t| t.elapsed());
         let report = match Plan::new(&region.failover, self.config.record.as_deref(), detected) {
-            Err(e) => failed(self.config.primary, &self.current, e),
+            Err(e) => failed(self.kind, &self.current, e),
             Ok(plan) => match (&self.current, region.mysql.as_ref(), region.accounts()) {
                 (Server::Db(old), Some(m), Some(a)) => {
                     run::mysql_primary(&plan, m, &a, old, self.last_position.as_ref()).await
@@ -187,11 +189,7 @@ impl PrimaryWatch {
                     let password = region.redis_password();
                     run::redis_primary(&plan, &region.redis_servers(), password.as_deref(), *old).await
                 }
-                _ => failed(
-                    self.config.primary,
-                    &self.current,
-                    "the region's MariaDB is not configured".into(),
-                ),
+                _ => failed(self.kind, &self.current, "the region's MariaDB is not configured".into()),
             },
         };
         let promoted = report.new.as_ref().filter(|_| report.result == "done");

@@ -92,6 +92,8 @@ pub struct WatchRole {
     credentials: Credentials,
     metrics: WatchMetrics,
     servers: Region,
+    /// The whole configuration, for region failover.
+    whole: Arc<Config>,
 }
 
 impl WatchRole {
@@ -108,7 +110,14 @@ impl WatchRole {
             redis: local.and_then(|r| r.redis.clone()),
             failover: config.failover.clone().unwrap_or_default(),
         };
-        Some(Self { region: config.region.clone(), config: watch, credentials, metrics, servers })
+        Some(Self {
+            region: config.region.clone(),
+            config: watch,
+            credentials,
+            metrics,
+            servers,
+            whole: Arc::new(config.clone()),
+        })
     }
 }
 
@@ -157,6 +166,7 @@ struct Shared {
     servers: Region,
     /// Old primaries left fenced, over all targets.
     fenced: AtomicUsize,
+    whole: Arc<Config>,
 }
 
 impl Shared {
@@ -272,6 +282,7 @@ impl Role for WatchRole {
                 kube: tokio::sync::OnceCell::new(),
                 servers: self.servers.clone(),
                 fenced: AtomicUsize::new(0),
+                whole: self.whole.clone(),
             });
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
@@ -333,10 +344,13 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
     let mut tilt = Tilt::new(watch.tick_tolerance, watch.on_time_ticks);
     let mut member = Membership { wanted_in: true, known_in: None, kept_last: false };
     let mut alerts_sent: BTreeSet<&'static str> = BTreeSet::new();
-    let mut primary = match &target.failover {
-        Some(f) => Some(PrimaryWatch::start(f.clone(), &shared.servers, target.probe.address()).await),
+    let mut primary = match target.failover.as_ref().and_then(|f| f.primary.map(|k| (k, f))) {
+        Some((kind, f)) => {
+            Some(PrimaryWatch::start(kind, f.clone(), &shared.servers, target.probe.address()).await)
+        }
         None => None,
     };
+    let mut other_region = target.failover.as_ref().and_then(super::region::RegionWatch::new);
     let mut tick = tokio::time::interval(target.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -402,11 +416,16 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         let failover_due =
             primary.as_ref().is_some_and(|p| !tracker.health().is_serving() && p.due(Instant::now()));
         let settle_due = primary.as_ref().is_some_and(|p| !p.returned.is_empty());
+        if let Some(r) = other_region.as_mut() {
+            r.observed(tracker.health().is_serving(), Instant::now());
+        }
+        let region_due = other_region.as_ref().is_some_and(|r| r.due(Instant::now()));
         let mut allowed = acting && epoch.is_some();
         if allowed
             && (pending_lb
                 || failover_due
                 || settle_due
+                || region_due
                 || wanted_alerts(&tracker, &member, primary.as_ref()) != alerts_sent)
             && let (Some(lease), Some(e)) = (&shared.lease, epoch)
             && !lease.fenced(e).await
@@ -449,6 +468,46 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             shared.fenced.fetch_add(p.fenced.len() - fenced_before, Ordering::Relaxed);
             // Acting took this long on purpose: the next tick is due an interval from now, not
             // late (which would read as a stalled process).
+            if started.elapsed() > target.interval {
+                tick.reset();
+            }
+        }
+        if let Some(r) = other_region.as_mut()
+            && allowed
+            && region_due
+        {
+            let started = Instant::now();
+            match r.act(&shared.whole, target.interval).await {
+                Some(super::region::Decision::Partition(why)) => {
+                    tracing::warn!(target = %target.name, "{why}");
+                    record(&shared, &target.name, "region_failover", "partition", Some(why));
+                }
+                Some(super::region::Decision::Switched(report)) => {
+                    let kind = FailoverLabels {
+                        kind: "region",
+                        result: if report.result == "done" { "done" } else { "failed" },
+                    };
+                    shared.metrics.failovers.get_or_create(&kind).inc();
+                    tracing::warn!(target = %target.name, from = %r.region, result = %report.result, "region failover");
+                    if let Ok(mut board) = shared.board.lock() {
+                        let mut entry = serde_json::json!({
+                            "at_unix_ms": unix_ms(), "target": target.name, "kind": "region_failover",
+                            "what": report.result, "epoch": epoch,
+                        });
+                        entry["report"] = serde_json::to_value(&*report).unwrap_or_default();
+                        board.record(entry);
+                    }
+                }
+                Some(super::region::Decision::Failed(e)) => {
+                    shared
+                        .metrics
+                        .failovers
+                        .get_or_create(&FailoverLabels { kind: "region", result: "failed" })
+                        .inc();
+                    record(&shared, &target.name, "region_failover", "failed", Some(e));
+                }
+                None => {}
+            }
             if started.elapsed() > target.interval {
                 tick.reset();
             }

@@ -187,3 +187,40 @@ fn conflict_rules_default_and_bad_table_rules_are_all_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn failover_settings_are_checked_against_the_probe_the_regions_and_dns() {
+    let text = format!(
+        "{GOOD}watch:\n  targets:\n\
+         \x20   - name: db\n      probe: {{ tcp: {{ address: \"127.0.0.1:3306\" }} }}\n      failover: {{ primary: mysql, record: db.east }}\n\
+         \x20   - name: other\n      probe: {{ tcp: {{ address: \"127.0.0.9:80\" }} }}\n      failover: {{ region: east }}\n\
+         \x20   - name: both\n      probe: {{ redis: {{ address: \"127.0.0.1:6379\" }} }}\n      failover: {{ primary: redis, region: west }}\n\
+         failover: {{ fence_timeout: 0s }}\n"
+    );
+    let err = load_str("failover", &text, no_env()).unwrap_err();
+    assert_eq!(
+        paths(&err),
+        vec![
+            "watch.targets[0].probe",
+            "watch.targets[0].failover.record",
+            "watch.targets[1].failover.region",
+            "watch.targets[1].failover.ferry",
+            "watch.targets[1].failover.region",
+            "watch.targets[2].failover",
+            "failover.fence_timeout",
+        ],
+        "{err}"
+    );
+    let good = format!(
+        "{GOOD}watch:\n  targets:\n\
+         \x20   - name: db\n      probe: {{ mysql: {{ address: \"127.0.0.1:3306\" }} }}\n      failover: {{ primary: mysql, record: db.east }}\n\
+         \x20   - name: west\n      probe: {{ tcp: {{ address: \"127.0.0.9:80\" }} }}\n      failover: {{ region: west, ferry: \"127.0.0.3:9464\", confirm: 90s }}\n\
+         failover:\n  dns: {{ server: \"127.0.0.1:53\", zone: psi.test, key_name: k, key: c2VjcmV0 }}\n"
+    );
+    let c = load_str("failover", &good, no_env()).unwrap_or_else(|e| panic!("{e}"));
+    let dns = c.failover.as_ref().and_then(|f| f.dns.as_ref()).unwrap();
+    assert_eq!(dns.fqdn("db.east"), "db.east.psi.test");
+    assert_eq!(dns.fqdn("db.east.psi.test."), "db.east.psi.test");
+    assert_eq!(dns.services, ["app", "db", "redis"]);
+    assert_eq!(c.failover.as_ref().unwrap().budget, 0);
+}
