@@ -260,14 +260,18 @@ fn redis_switchover(path: &Path, region: Option<String>) -> i32 {
     block_on(async move {
         let failover = c.failover.clone().unwrap_or_default();
         let record = failover.dns.as_ref().map(|_| format!("redis.{region}"));
-        let plan =
-            match crate::failover::run::Plan::new(&failover, record.as_deref(), std::time::Duration::ZERO) {
-                Ok(p) => p,
-                Err(e) => {
-                    eprintln!("switchover redis: {e}");
-                    return EXIT_CONFIG;
-                }
-            };
+        let plan = match crate::failover::run::Plan::new(
+            &failover,
+            record.as_deref(),
+            None,
+            std::time::Duration::ZERO,
+        ) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("switchover redis: {e}");
+                return EXIT_CONFIG;
+            }
+        };
         let servers: Vec<SocketAddr> =
             std::iter::once(&redis.primary).chain(&redis.replicas).filter_map(|a| a.parse().ok()).collect();
         let password = redis.password.as_ref().map(|p| p.expose().to_string());

@@ -171,10 +171,15 @@ async fn haproxy_member_is_disabled_and_re_enabled_through_the_runtime_api() {
         ));
         members.push((name.to_string(), addr));
     }
-    let lb =
-        Haproxy::start(ServerDir::temp("haproxy").unwrap(), IpAddr::from([127, 0, 0, 1]), None, &members)
-            .await
-            .expect("haproxy starts");
+    let lb = Haproxy::start(
+        ServerDir::temp("haproxy").unwrap(),
+        IpAddr::from([127, 0, 0, 1]),
+        None,
+        &members,
+        None,
+    )
+    .await
+    .expect("haproxy starts");
 
     let state = lb.command("show servers state app").await.unwrap();
     assert_eq!(

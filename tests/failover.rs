@@ -220,6 +220,19 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
         }]
     );
     let rows = assert_all_acked_on(&east.mysql.replica, &acked).await;
+    // Clients behind the region's HAProxy database frontend reach the new primary too.
+    assert!(report["haproxy"].is_string(), "{report:#}");
+    let front: SocketAddr = east.haproxy.db_frontend.as_deref().unwrap().parse().unwrap();
+    let through = OptsBuilder::default()
+        .ip_or_hostname(front.ip().to_string())
+        .tcp_port(front.port())
+        .user(Some(ferry::sandbox::APP_USER))
+        .pass(Some(password(&sb)))
+        .prefer_socket(false);
+    let mut c = Conn::new(through).await.unwrap();
+    let id: Option<u32> = c.query_first("SELECT @@server_id").await.unwrap();
+    assert_eq!(id, Some(east.mysql.replica.server_id), "through HAProxy {front}");
+    c.disconnect().await.ok();
     let promotion: f64 = phases(&entry["report"]).iter().filter(|(p, _)| p != "detect").map(|(_, s)| s).sum();
     println!(
         "mariadb kill -9: detected (Down) {detection:?} after the kill (bound {:?}); promotion + DNS + verify {:.3} s \
@@ -627,6 +640,7 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
         failover: Some(ferry::config::TargetFailover {
             primary: None,
             record: None,
+            haproxy: None,
             region: Some("east".into()),
             ferry: Some(east_ferry),
             confirm,

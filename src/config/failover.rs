@@ -98,6 +98,10 @@ pub struct TargetFailover {
     /// or fully qualified); switched to the promoted server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub record: Option<String>,
+    /// The HAProxy backend clients reach this primary through: the promoted server is made
+    /// its only server in service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub haproxy: Option<HaproxyBackend>,
     /// Another region whose traffic this region takes over (as `ferry failover region --from
     /// <region> --to <local> --confirm`) once the target has been Down for `confirm` *and* the
     /// region's own ferry does not answer either (if it does, it is a partition: no switch).
@@ -114,8 +118,28 @@ pub struct TargetFailover {
 impl TargetFailover {
     /// Fail the region's `kind` primary over, switching `record` when given.
     pub fn primary(kind: PrimaryKind, record: Option<String>) -> Self {
-        Self { primary: Some(kind), record, region: None, ferry: None, confirm: default_confirm() }
+        Self {
+            primary: Some(kind),
+            record,
+            haproxy: None,
+            region: None,
+            ferry: None,
+            confirm: default_confirm(),
+        }
     }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HaproxyBackend {
+    /// The runtime API: a unix socket path, or `host:port` for a TCP stats socket.
+    pub api: String,
+    /// The backend whose servers are the primary and its replicas (one per server, by address).
+    pub backend: String,
+    /// `host:port` of the frontend clients use: a fresh connection through it must reach the
+    /// promoted server for the switch to count as done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub frontend: Option<String>,
 }
 
 fn default_confirm() -> Duration {

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use failover::{DnsConfig, FailoverConfig, PrimaryKind, ReplicationAccount, TargetFailover};
+pub use failover::{
+    DnsConfig, FailoverConfig, HaproxyBackend, PrimaryKind, ReplicationAccount, TargetFailover,
+};
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
 pub use watch::{

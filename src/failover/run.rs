@@ -10,7 +10,7 @@
 //! Every step that changes something happens only after the ones before it succeeded; the
 //! report says how far it got.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -19,7 +19,7 @@ use super::candidate::{Candidate, Choice, choose};
 use super::dns::{self, Authority, Switched};
 use super::mysql::{self, Accounts, describe};
 use super::redis_promote;
-use crate::config::{DbServer, DnsConfig, FailoverConfig, MysqlConfig, PrimaryKind};
+use crate::config::{DbServer, DnsConfig, FailoverConfig, HaproxyBackend, MysqlConfig, PrimaryKind};
 use crate::model::Position;
 
 /// What a failover did, for the journal, the log and the metrics.
@@ -40,6 +40,7 @@ pub struct Report {
     /// Whether the old primary answered and was fenced.
     pub old_fenced: bool,
     pub dns: Option<String>,
+    pub haproxy: Option<String>,
     /// Phase name → seconds, in order (detect, fence, relay, promote, repoint, dns, verify).
     pub phases: Vec<(&'static str, f64)>,
 }
@@ -58,6 +59,7 @@ impl Report {
             lost: None,
             old_fenced: false,
             dns: None,
+            haproxy: None,
             phases: Vec::new(),
         }
     }
@@ -89,6 +91,8 @@ pub struct Plan<'a> {
     pub failover: &'a FailoverConfig,
     /// The DNS record clients use, fully qualified, and where to update it.
     pub record: Option<(String, Authority, u32)>,
+    /// The HAProxy backend clients use.
+    pub haproxy: Option<HaproxyBackend>,
     /// How long it took to call the primary Down.
     pub detected_in: Duration,
 }
@@ -97,6 +101,7 @@ impl<'a> Plan<'a> {
     pub fn new(
         failover: &'a FailoverConfig,
         record: Option<&str>,
+        haproxy: Option<HaproxyBackend>,
         detected_in: Duration,
     ) -> Result<Self, String> {
         let record = match (record, failover.dns.as_ref()) {
@@ -104,7 +109,7 @@ impl<'a> Plan<'a> {
             (Some(r), None) => return Err(format!("record {r} needs failover.dns")),
             (None, _) => None,
         };
-        Ok(Self { failover, record, detected_in })
+        Ok(Self { failover, record, haproxy, detected_in })
     }
 
     fn start(&self, kind: PrimaryKind, old: String) -> (Report, Clock) {
@@ -113,38 +118,49 @@ impl<'a> Plan<'a> {
         (report, Clock(Instant::now()))
     }
 
-    /// Switch the record from `old` to `new` (guarded by `old`), then resolve it as a client
-    /// would and hand the answer to `check`.
-    async fn switch_and_verify<F, Fut>(
+    /// Re-point the clients from `old` to `new`: the DNS record (switched only if it still
+    /// holds `old`'s address, then resolved as a client would), and the HAProxy backend (`new`
+    /// made its only server in service). Each counts as done only when `check` finds the new
+    /// primary through it: at the resolved address on `new`'s port, and at the frontend.
+    async fn repoint_clients<F, Fut>(
         &self,
         report: &mut Report,
         clock: &mut Clock,
-        old: IpAddr,
-        new: IpAddr,
+        old: SocketAddr,
+        new: SocketAddr,
         check: F,
     ) -> Result<(), String>
     where
-        F: Fn(Ipv4Addr) -> Fut,
+        F: Fn(SocketAddr) -> Fut,
         Fut: std::future::Future<Output = Result<(), String>>,
     {
-        let Some((fqdn, authority, ttl)) = &self.record else { return Ok(()) };
-        let (IpAddr::V4(old), IpAddr::V4(new)) = (old, new) else {
-            return Err("only IPv4 (A) records are switched".into());
-        };
-        let switched = dns::switch(authority, fqdn, old, new, *ttl).await?;
-        clock.lap(report, "dns");
-        match switched {
-            Switched::Done => report.dns = Some(format!("{fqdn} {old} → {new}")),
-            Switched::Stale => {
+        if let Some((fqdn, authority, ttl)) = &self.record {
+            let (IpAddr::V4(from), IpAddr::V4(to)) = (old.ip(), new.ip()) else {
+                return Err("only IPv4 (A) records are switched".into());
+            };
+            let switched = dns::switch(authority, fqdn, from, to, *ttl).await?;
+            clock.lap(report, "dns");
+            if switched == Switched::Stale {
                 return Err(format!(
-                    "{fqdn} no longer holds {old}: someone switched it since; left as it is"
+                    "{fqdn} no longer holds {from}: someone switched it since; left as it is"
                 ));
             }
+            report.dns = Some(format!("{fqdn} {from} → {to}"));
+            let answer = dns::addresses(authority, fqdn).await?;
+            let [ip] = answer.as_slice() else { return Err(format!("{fqdn} answers {answer:?}")) };
+            check(SocketAddr::new(IpAddr::V4(*ip), new.port())).await?;
+            clock.lap(report, "verify");
         }
-        let answer = dns::addresses(authority, fqdn).await?;
-        let [ip] = answer.as_slice() else { return Err(format!("{fqdn} answers {answer:?}")) };
-        check(*ip).await?;
-        clock.lap(report, "verify");
+        if let Some(h) = &self.haproxy {
+            crate::watch::lb::make_active(&h.api, &h.backend, new).await?;
+            clock.lap(report, "haproxy");
+            report.haproxy = Some(format!("backend {} now sends to {new} only", h.backend));
+            if let Some(frontend) = &h.frontend {
+                let at = frontend.parse().map_err(|e| format!("frontend {frontend}: {e}"))?;
+                check(at).await.map_err(|e| format!("through HAProxy {frontend}: {e}"))?;
+                clock.lap(report, "verify_haproxy");
+            }
+        }
         Ok(())
     }
 }
@@ -234,27 +250,27 @@ pub async fn mysql_primary(
     }
     clock.lap(&mut report, "repoint");
     let (Ok(old_ip), Ok(new_ip)) = (ip_of(&old.host), ip_of(&new.host)) else {
-        return report.stop("failed", "DNS switching needs the servers' hosts as IP addresses".into());
+        return report.stop("failed", "re-pointing clients needs the servers' hosts as IP addresses".into());
     };
     let expect = new.server_id;
-    let port = new.port;
-    let check = |ip: Ipv4Addr| {
-        let through = DbServer { host: ip.to_string(), port, server_id: expect };
+    let check = |at: SocketAddr| {
+        let through = DbServer { host: at.ip().to_string(), port: at.port(), server_id: expect };
         async move {
             let mut conn = mysql::connect(&through, accounts, Duration::from_secs(5)).await?;
             let id: Option<u32> =
                 mysql_async::prelude::Queryable::query_first(&mut conn, "SELECT @@server_id")
                     .await
-                    .map_err(|e| format!("{ip}: {e}"))?;
+                    .map_err(|e| format!("{at}: {e}"))?;
             conn.disconnect().await.ok();
             if id == Some(expect) {
                 Ok(())
             } else {
-                Err(format!("the name reaches server_id {id:?}, not {expect}"))
+                Err(format!("{at} reaches server_id {id:?}, not {expect}"))
             }
         }
     };
-    if let Err(e) = plan.switch_and_verify(&mut report, &mut clock, old_ip, new_ip, check).await {
+    let (old_at, new_at) = (SocketAddr::new(old_ip, old.port), SocketAddr::new(new_ip, new.port));
+    if let Err(e) = plan.repoint_clients(&mut report, &mut clock, old_at, new_at, check).await {
         return report.stop("failed", e);
     }
     report.result = "done";
@@ -295,9 +311,8 @@ pub async fn redis_primary(
         }
     }
     clock.lap(&mut report, "repoint");
-    let port = new.port();
-    let check = |ip: Ipv4Addr| redis_answers_master(SocketAddr::new(ip.into(), port), password);
-    if let Err(e) = plan.switch_and_verify(&mut report, &mut clock, old.ip(), new.ip(), check).await {
+    let check = |at: SocketAddr| redis_answers_master(at, password);
+    if let Err(e) = plan.repoint_clients(&mut report, &mut clock, old, new, check).await {
         return report.stop("failed", e);
     }
     report.result = "done";
@@ -358,9 +373,8 @@ pub async fn redis_switchover(plan: &Plan<'_>, servers: &[SocketAddr], password:
     }
     report.old_fenced = true;
     clock.lap(&mut report, "promote");
-    let port = new.port();
-    let check = |ip: Ipv4Addr| redis_answers_master(SocketAddr::new(ip.into(), port), password);
-    if let Err(e) = plan.switch_and_verify(&mut report, &mut clock, old.ip(), new.ip(), check).await {
+    let check = |at: SocketAddr| redis_answers_master(at, password);
+    if let Err(e) = plan.repoint_clients(&mut report, &mut clock, old, new, check).await {
         return report.stop("failed", e);
     }
     report.result = "done";

@@ -78,6 +78,9 @@ pub struct HaproxyState {
     /// Path of the runtime API unix socket.
     pub runtime_api: PathBuf,
     pub backend: String,
+    /// `host:port` of the databases' TCP frontend (backend `db`: the region's primary).
+    #[serde(default)]
+    pub db_frontend: Option<String>,
     pub process: ProcessRecord,
 }
 

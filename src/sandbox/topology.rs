@@ -261,18 +261,23 @@ async fn start_region(
         for i in 0..APPS_PER_REGION {
             apps.push(start_app(&dir, &name, octet, i, &ferry_bin).await?);
         }
-        let members: Vec<(String, SocketAddr)> = apps.iter().map(|a| (a.name.clone(), a.addr)).collect();
-        let haproxy = Haproxy::start(
-            ServerDir::fresh(dir.join("haproxy"))?,
-            ip(octet, host::HAPROXY),
-            Some(8080),
-            &members,
-        )
-        .await?;
-        Ok::<_, SandboxError>((apps, haproxy))
+        Ok::<_, SandboxError>(apps)
     };
-    let ((db_primary, db_replica), (redis_primary, redis_replica), (apps, haproxy)) =
+    let ((db_primary, db_replica), (redis_primary, redis_replica), apps) =
         tokio::try_join!(databases, caches, front)?;
+    let members: Vec<(String, SocketAddr)> = apps.iter().map(|a| (a.name.clone(), a.addr)).collect();
+    let db = super::haproxy::DbBackend {
+        preferred_port: 3306,
+        servers: vec![("primary".into(), db_primary.addr()), ("replica".into(), db_replica.addr())],
+    };
+    let haproxy = Haproxy::start(
+        ServerDir::fresh(dir.join("haproxy"))?,
+        ip(octet, host::HAPROXY),
+        Some(8080),
+        &members,
+        Some(db),
+    )
+    .await?;
     Ok(RegionServers { name, octet, db_primary, db_replica, redis_primary, redis_replica, apps, haproxy })
 }
 
@@ -449,7 +454,14 @@ fn region_targets(
         })
         .collect();
     targets.push(TargetConfig {
-        failover: Some(TargetFailover::primary(PrimaryKind::Mysql, Some(format!("db.{}", region.name)))),
+        failover: Some(TargetFailover {
+            haproxy: Some(crate::config::HaproxyBackend {
+                api: region.haproxy.admin_socket().display().to_string(),
+                backend: super::haproxy::DB_BACKEND.into(),
+                frontend: region.haproxy.db_frontend().map(|a| a.to_string()),
+            }),
+            ..TargetFailover::primary(PrimaryKind::Mysql, Some(format!("db.{}", region.name)))
+        }),
         ..like(
             "db",
             ProbeConfig::Mysql {
@@ -493,6 +505,7 @@ impl RegionServers {
                 frontend_url: format!("http://{}", self.haproxy.frontend()),
                 runtime_api: self.haproxy.admin_socket(),
                 backend: BACKEND.into(),
+                db_frontend: self.haproxy.db_frontend().map(|a| a.to_string()),
                 process: self.haproxy.detach().0,
             },
             ferry: FerryState {

@@ -17,6 +17,9 @@ const OP_RUNNING: u32 = 2;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerState {
     pub name: String,
+    /// `srv_addr` and `srv_port`: where it sends traffic.
+    pub address: String,
+    pub port: Option<u16>,
     pub op_state: u32,
     pub admin_state: u32,
 }
@@ -53,7 +56,7 @@ pub async fn servers(api: &str, backend: &str) -> Result<Vec<ServerState>, Strin
 }
 
 /// Parse `show servers state` (format 1: `be_id be_name srv_id srv_name srv_addr srv_op_state
-/// srv_admin_state …`).
+/// srv_admin_state …`, `srv_port` 19th).
 pub fn parse_servers(answer: &str, backend: &str) -> Vec<ServerState> {
     answer
         .lines()
@@ -63,6 +66,8 @@ pub fn parse_servers(answer: &str, backend: &str) -> Vec<ServerState> {
             (f.get(1) == Some(&backend)).then_some(())?;
             Some(ServerState {
                 name: f.get(3)?.to_string(),
+                address: f.get(4)?.to_string(),
+                port: f.get(18).and_then(|p| p.parse().ok()),
                 op_state: f.get(5)?.parse().ok()?,
                 admin_state: f.get(6)?.parse().ok()?,
             })
@@ -129,6 +134,35 @@ async fn set(
         }
         None => Err(format!("{backend}/{server} vanished")),
     }
+}
+
+/// Make the server of `backend` that sends to `active` the only one in service (`ready`), every
+/// other one `maint`: how clients behind an HAProxy backend follow a promoted primary. Read
+/// back.
+pub async fn make_active(api: &str, backend: &str, active: std::net::SocketAddr) -> Result<(), String> {
+    let before = servers(api, backend).await?;
+    let is_active = |s: &ServerState| s.address == active.ip().to_string() && s.port == Some(active.port());
+    if !before.iter().any(is_active) {
+        return Err(format!("no server of backend {backend} sends to {active}"));
+    }
+    // The new one first: the backend is never left with none.
+    let mut ordered: Vec<&ServerState> = before.iter().filter(|s| is_active(s)).collect();
+    ordered.extend(before.iter().filter(|s| !is_active(s)));
+    for server in ordered {
+        let state = if is_active(server) { "ready" } else { "maint" };
+        let answer = command(api, &format!("set server {backend}/{} state {state}", server.name)).await?;
+        if !answer.trim().is_empty() {
+            return Err(format!("set server {backend}/{} state {state}: {}", server.name, answer.trim()));
+        }
+    }
+    let after = servers(api, backend).await?;
+    for s in &after {
+        let in_maint = s.admin_state & ADMIN_FMAINT != 0;
+        if is_active(s) == in_maint {
+            return Err(format!("{backend}/{} reads back admin state {:#x}", s.name, s.admin_state));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

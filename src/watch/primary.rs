@@ -179,7 +179,9 @@ impl PrimaryWatch {
     /// the old one waits to be fenced when it answers.
     pub async fn fail_over(&mut self, region: &Region, interval: Duration) -> Report {
         let detected = self.failing_since.map_or(Duration::ZERO, |t| t.elapsed());
-        let report = match Plan::new(&region.failover, self.config.record.as_deref(), detected) {
+        let plan =
+            Plan::new(&region.failover, self.config.record.as_deref(), self.config.haproxy.clone(), detected);
+        let report = match plan {
             Err(e) => failed(self.kind, &self.current, e),
             Ok(plan) => match (&self.current, region.mysql.as_ref(), region.accounts()) {
                 (Server::Db(old), Some(m), Some(a)) => {
