@@ -31,6 +31,7 @@ fn every_file_in_config_validates() {
                 ("FERRY_EAST_MYSQL_PASSWORD", "x"),
                 ("FERRY_WEST_MYSQL_PASSWORD", "y"),
                 ("FERRY_EAST_REDIS_PASSWORD", "z"),
+                ("FERRY_DNS_TSIG_KEY", "c2VjcmV0"),
             ])
             .output()
             .unwrap();
