@@ -272,8 +272,7 @@ fn redis_switchover(path: &Path, region: Option<String>) -> i32 {
                 return EXIT_CONFIG;
             }
         };
-        let servers: Vec<SocketAddr> =
-            std::iter::once(&redis.primary).chain(&redis.replicas).filter_map(|a| a.parse().ok()).collect();
+        let servers = redis.servers();
         let password = redis.password.as_ref().map(|p| p.expose().to_string());
         let report = crate::failover::run::redis_switchover(&plan, &servers, password.as_deref()).await;
         println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

@@ -5,11 +5,11 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use ferry::sandbox::{SandboxState, http_get};
+use ferry::sandbox::http_get;
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 /// The sandbox's watch timing (config/sandbox.yaml).
@@ -17,16 +17,14 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const FAILURES: u32 = 3;
 const RECOVERIES: u32 = 3;
 
-struct Guard(PathBuf, Vec<std::process::Child>);
+/// Processes the test started itself, killed when it ends.
+struct Children(Vec<std::process::Child>);
 
-impl Drop for Guard {
+impl Drop for Children {
     fn drop(&mut self) {
-        for child in &mut self.1 {
+        for child in &mut self.0 {
             let _ = child.kill();
             let _ = child.wait();
-        }
-        if SandboxState::path(&self.0).exists() {
-            let _ = Command::new(FERRY).args(["sandbox", "down", "--dir"]).arg(&self.0).output();
         }
     }
 }
@@ -57,13 +55,9 @@ fn kill(pid: u32) {
 
 #[tokio::test]
 async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers() {
-    let _lock = common::sandbox_lock();
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("sb");
-    let mut guard = Guard(dir.clone(), Vec::new());
-    let out = Command::new(FERRY).args(["sandbox", "up", "--dir"]).arg(&dir).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let state = SandboxState::load(&dir).unwrap().unwrap();
+    let sb = common::Sandbox::up();
+    let mut children = Children(Vec::new());
+    let state = sb.state.clone();
     let east = &state.regions["east"];
     let api = east.haproxy.runtime_api.clone();
     let app = &east.apps[0];
@@ -94,7 +88,7 @@ async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers()
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    guard.1.push(child);
+    children.0.push(child);
     let limit = INTERVAL * RECOVERIES + Duration::from_secs(1);
     let recovery = until_drain(&api, &app.name, false, limit + Duration::from_secs(5)).await;
     println!("recovery: {} back in service {recovery:?} after its restart (bound {limit:?})", app.name);

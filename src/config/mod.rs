@@ -184,6 +184,13 @@ pub struct RedisConfig {
     pub password: Option<Secret>,
 }
 
+impl RedisConfig {
+    /// The primary and the replicas, as addresses (entries that are not `ip:port` left out).
+    pub fn servers(&self) -> Vec<SocketAddr> {
+        std::iter::once(&self.primary).chain(&self.replicas).filter_map(|a| a.parse().ok()).collect()
+    }
+}
+
 /// The one HTTP listener: `/metrics`, `/health/live`, `/health/ready`, `/status`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

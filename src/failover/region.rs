@@ -93,8 +93,7 @@ async fn standby_health(standby: &RegionConfig) -> Vec<(String, Result<String, S
         mysql::locate(&standby.mysql, &accounts, Duration::from_secs(3)).await.map(|s| mysql::describe(&s)),
     )];
     if let Some(redis) = &standby.redis {
-        let servers: Vec<_> =
-            std::iter::once(&redis.primary).chain(&redis.replicas).filter_map(|a| a.parse().ok()).collect();
+        let servers = redis.servers();
         let password = redis.password.as_ref().map(|p| p.expose().to_string());
         let found = super::redis_promote::locate(&servers, password.as_deref()).await;
         checks.push(("redis primary".to_string(), found.map(|a| a.to_string())));

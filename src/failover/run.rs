@@ -311,12 +311,7 @@ pub async fn redis_primary(
         }
     }
     clock.lap(&mut report, "repoint");
-    let check = |at: SocketAddr| redis_answers_master(at, password);
-    if let Err(e) = plan.repoint_clients(&mut report, &mut clock, old, new, check).await {
-        return report.stop("failed", e);
-    }
-    report.result = "done";
-    report
+    redis_clients(plan, report, clock, old, new, password).await
 }
 
 /// A planned Redis switchover: `FAILOVER TO` the replica with the highest offset (the primary
@@ -373,6 +368,19 @@ pub async fn redis_switchover(plan: &Plan<'_>, servers: &[SocketAddr], password:
     }
     report.old_fenced = true;
     clock.lap(&mut report, "promote");
+    redis_clients(plan, report, clock, old, new, password).await
+}
+
+/// The last steps of a Redis failover or switchover: clients re-pointed from `old` to `new`,
+/// checked with `ROLE` through each way in.
+async fn redis_clients(
+    plan: &Plan<'_>,
+    mut report: Report,
+    mut clock: Clock,
+    old: SocketAddr,
+    new: SocketAddr,
+    password: Option<&str>,
+) -> Report {
     let check = |at: SocketAddr| redis_answers_master(at, password);
     if let Err(e) = plan.repoint_clients(&mut report, &mut clock, old, new, check).await {
         return report.stop("failed", e);

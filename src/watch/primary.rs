@@ -49,11 +49,7 @@ impl Region {
     }
 
     fn redis_servers(&self) -> Vec<SocketAddr> {
-        self.redis
-            .iter()
-            .flat_map(|r| std::iter::once(&r.primary).chain(&r.replicas))
-            .filter_map(|a| a.parse().ok())
-            .collect()
+        self.redis.as_ref().map(RedisConfig::servers).unwrap_or_default()
     }
 }
 
@@ -243,13 +239,17 @@ impl PrimaryWatch {
             let result = match (&old, &self.current, reachable) {
                 (_, _, false) => None,
                 (Server::Db(o), Server::Db(new), true) => match region.accounts() {
-                    Some(a) => mysql::rejoin(o, new, &a, region.failover.fence_timeout).await.ok(),
+                    Some(a) => mysql::rejoin(o, new, &a, region.failover.fence_timeout)
+                        .await
+                        .map_err(|e| tracing::warn!(old = %mysql::describe(o), error = %e, "old primary answers but is not settled yet; retrying"))
+                        .ok(),
                     None => None,
                 },
                 (Server::Redis(o), Server::Redis(new), true) => {
                     let password = region.redis_password();
                     redis_promote::follow(*o, *new, password.as_deref())
                         .await
+                        .map_err(|e| tracing::warn!(old = %o, error = %e, "old Redis primary answers but does not follow yet; retrying"))
                         .ok()
                         .map(|()| Returned::Rejoined)
                 }
