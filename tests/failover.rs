@@ -43,8 +43,13 @@ fn signal(pid: u32, signal: &str) {
     assert!(ok, "kill {signal} {pid}");
 }
 
-/// Numbers the writer saw acknowledged, with when.
-type Acked = Arc<Mutex<Vec<(u64, Instant)>>>;
+/// Numbers the writer saw acknowledged, with when and by which server.
+type Acked = Arc<Mutex<Vec<(u64, Instant, IpAddr)>>>;
+
+/// The first acknowledgement by `server` after `t`.
+fn first_ack(acked: &Acked, t: Instant, server: IpAddr) -> Option<Instant> {
+    acked.lock().unwrap().iter().find(|(_, at, by)| *at > t && *by == server).map(|(_, at, _)| *at)
+}
 
 /// A client of the PSI application: resolves `name` through the sandbox's DNS server on every
 /// (re)connect, connects as `app` (ports by address, as a client knows its service's port),
@@ -67,10 +72,10 @@ impl Writer {
         let stop = Arc::new(AtomicBool::new(false));
         let (a, s, region) = (acked.clone(), stop.clone(), region.to_string());
         let task = tokio::spawn(async move {
-            let mut conn: Option<Conn> = None;
+            let mut conn: Option<(Conn, IpAddr)> = None;
             let mut n = 0u64;
             while !s.load(Ordering::Relaxed) {
-                let Some(c) = conn.as_mut() else {
+                let Some((c, by)) = conn.as_mut() else {
                     let ip = match addresses(&authority, &name).await {
                         Ok(found) if found.len() == 1 => IpAddr::V4(found[0]),
                         _ => {
@@ -85,7 +90,7 @@ impl Writer {
                         .pass(Some(password.clone()))
                         .prefer_socket(false);
                     match tokio::time::timeout(Duration::from_secs(1), Conn::new(opts)).await {
-                        Ok(Ok(c)) => conn = Some(c),
+                        Ok(Ok(c)) => conn = Some((c, ip)),
                         _ => tokio::time::sleep(Duration::from_millis(50)).await,
                     }
                     continue;
@@ -96,7 +101,7 @@ impl Writer {
                     (format!("w{n}"), format!("w{n}@writer"), &region),
                 );
                 match tokio::time::timeout(Duration::from_secs(1), insert).await {
-                    Ok(Ok(())) => a.lock().unwrap().push((n, Instant::now())),
+                    Ok(Ok(())) => a.lock().unwrap().push((n, Instant::now(), *by)),
                     // Dropped, not closed politely: the server may be gone or frozen.
                     _ => conn = None,
                 }
@@ -110,15 +115,15 @@ impl Writer {
         self.acked.lock().unwrap().len()
     }
 
-    /// The first acknowledgement after `t`.
-    fn first_after(&self, t: Instant) -> Option<Instant> {
-        self.acked.lock().unwrap().iter().map(|(_, at)| *at).find(|at| *at > t)
+    /// The first acknowledgement by `server` after `t`.
+    fn first_after(&self, t: Instant, server: IpAddr) -> Option<Instant> {
+        first_ack(&self.acked, t, server)
     }
 
     async fn finish(self) -> Vec<u64> {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap();
-        self.acked.lock().unwrap().iter().map(|(n, _)| *n).collect()
+        self.acked.lock().unwrap().iter().map(|(n, ..)| *n).collect()
     }
 }
 
@@ -195,9 +200,11 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
     signal(east.mysql.primary.process.pid, "-9");
     let entry = failover_entry(&sb, "east", "db", Duration::from_secs(30)).await;
     let detection = Duration::from_millis(down_at(&sb, "east", "db").await.saturating_sub(killed_ms));
-    wait_for("writes on the new primary", Duration::from_secs(20), || writer.first_after(killed).is_some())
-        .await;
-    let resumed = writer.first_after(killed).unwrap() - killed;
+    wait_for("writes on the new primary", Duration::from_secs(20), || {
+        writer.first_after(killed, east.mysql.replica.host).is_some()
+    })
+    .await;
+    let resumed = writer.first_after(killed, east.mysql.replica.host).unwrap() - killed;
     let before = writer.count();
     wait_for("more writes", Duration::from_secs(20), || writer.count() >= before + 50).await;
     let acked = writer.finish().await;
@@ -283,9 +290,11 @@ async fn a_frozen_mariadb_primary_is_fenced_when_it_resumes() {
     signal(west.mysql.primary.process.pid, "-STOP");
     let entry = failover_entry(&sb, "west", "db", Duration::from_secs(30)).await;
     let promoted = frozen.elapsed();
-    wait_for("writes on the new primary", Duration::from_secs(20), || writer.first_after(frozen).is_some())
-        .await;
-    let resumed = writer.first_after(frozen).unwrap() - frozen;
+    wait_for("writes on the new primary", Duration::from_secs(20), || {
+        writer.first_after(frozen, west.mysql.replica.host).is_some()
+    })
+    .await;
+    let resumed = writer.first_after(frozen, west.mysql.replica.host).unwrap() - frozen;
     signal(west.mysql.primary.process.pid, "-CONT");
     let thawed = Instant::now();
 
@@ -351,12 +360,15 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
             let mut conn = None;
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                let Some(c) = conn.as_mut() else {
+                let Some((c, by)) = conn.as_mut() else {
                     if let Ok(found) = addresses(&auth, &name).await
                         && let [ip] = found.as_slice()
                     {
                         let addr = SocketAddr::new(IpAddr::V4(*ip), ports[&IpAddr::V4(*ip)]);
-                        conn = ferry::failover::redis_promote::connect(addr, None).await.ok();
+                        conn = ferry::failover::redis_promote::connect(addr, None)
+                            .await
+                            .ok()
+                            .map(|c| (c, addr.ip()));
                     }
                     if conn.is_none() {
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -368,7 +380,7 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
                 command.arg(format!("w{n}")).arg(n);
                 let set = command.query_async::<()>(c);
                 match tokio::time::timeout(Duration::from_secs(1), set).await {
-                    Ok(Ok(())) => acked.lock().unwrap().push((n, Instant::now())),
+                    Ok(Ok(())) => acked.lock().unwrap().push((n, Instant::now(), *by)),
                     _ => conn = None,
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -382,7 +394,8 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
     signal(east.redis.primary.process.pid, "-9");
     let entry = failover_entry(&sb, "east", "redis", Duration::from_secs(30)).await;
     let detection = Duration::from_millis(down_at(&sb, "east", "redis").await.saturating_sub(killed_ms));
-    let first_after = || acked.lock().unwrap().iter().map(|(_, at)| *at).find(|at| *at > killed);
+    let replica_ip = east.redis.replica.address.parse::<SocketAddr>().unwrap().ip();
+    let first_after = || first_ack(&acked, killed, replica_ip);
     wait_for("writes on the promoted replica", Duration::from_secs(20), || first_after().is_some()).await;
     let resumed = first_after().unwrap() - killed;
     assert_eq!(entry["report"]["new"], east.redis.replica.address);
@@ -434,7 +447,7 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
     let rejoined = started.elapsed();
     stop.store(true, Ordering::Relaxed);
     task.await.unwrap();
-    let acked: Vec<(u64, Instant)> = acked.lock().unwrap().clone();
+    let acked: Vec<(u64, Instant)> = acked.lock().unwrap().iter().map(|(n, at, _)| (*n, *at)).collect();
 
     // What was acknowledged is on the promoted replica; Redis replication is asynchronous, so
     // writes acknowledged in the last moment before the kill may be missing: counted, not hidden.

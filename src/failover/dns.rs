@@ -99,3 +99,27 @@ pub async fn switch(
         Err(format!("UPDATE {fqdn} answered NOERROR but the server answers {now:?}"))
     }
 }
+
+/// Resolve `fqdn` as a client does, with hickory-resolver asking `server` (a fresh resolver:
+/// nothing cached), for the client-side check of a switch.
+pub async fn resolve(server: SocketAddr, fqdn: &str) -> Result<Vec<Ipv4Addr>, String> {
+    use hickory_resolver::Resolver;
+    use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let mut udp = ConnectionConfig::udp();
+    udp.port = server.port();
+    let config = ResolverConfig::from_name_servers(vec![NameServerConfig::new(server.ip(), true, vec![udp])]);
+    let resolver = Resolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .build()
+        .map_err(|e| format!("resolver for {server}: {e}"))?;
+    let fqdn = fqdn.trim_end_matches('.').to_string() + ".";
+    let answer =
+        resolver.lookup_ip(fqdn.as_str()).await.map_err(|e| format!("resolving {fqdn} at {server}: {e}"))?;
+    Ok(answer
+        .iter()
+        .filter_map(|ip| match ip {
+            std::net::IpAddr::V4(v4) => Some(v4),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect())
+}
