@@ -128,6 +128,9 @@ impl PrimaryWatch {
             return None;
         }
         self.failing_since = None;
+        // Answering again: whatever a failover attempt could not do is moot.
+        self.refused = None;
+        self.retry_at = None;
         let within = Duration::from_millis(500);
         let moved = match &self.current {
             Server::Db(server) => {
