@@ -195,6 +195,8 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
     let writer = Writer::start(&sb, "east");
     wait_for("first writes", Duration::from_secs(20), || writer.count() >= 50).await;
 
+    // How it was started, to start it again later.
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", east.mysql.primary.process.pid)).unwrap();
     let killed = Instant::now();
     let killed_ms = unix_ms();
     signal(east.mysql.primary.process.pid, "-9");
@@ -277,6 +279,72 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
         "capture followed the new primary: {last} reached west {:?} after the writer stopped",
         started.elapsed()
     );
+
+    // The old primary comes back (writable, as it was started): ferry fences it at once and
+    // lets it rejoin as a replica, unless it holds a commit the new primary never received
+    // (one in flight at the kill), in which case it stays fenced. Either way no client can
+    // write to it, and it is never the primary again on its own.
+    let args: Vec<String> = cmdline
+        .split(|b| *b == 0)
+        .filter(|a| !a.is_empty())
+        .map(|a| String::from_utf8_lossy(a).into_owned())
+        .collect();
+    let restarted = std::process::Command::new(&args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Reap(std::process::Child);
+    impl Drop for Reap {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _restarted = Reap(restarted);
+    let back = Instant::now();
+    let old = format!("{}:{}", east.mysql.primary.host, east.mysql.primary.port);
+    let outcome = loop {
+        let status = sb.status("east").await;
+        let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
+        if let Some(e) = journal.iter().find(|e| e["kind"] == "old_primary" && e["what"] == old.as_str()) {
+            break e["detail"].as_str().unwrap_or_default().to_string();
+        }
+        assert!(back.elapsed() < Duration::from_secs(60), "{old} never settled: {journal:#?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let settled = back.elapsed();
+    let mut o = ferry_conn(&east.mysql.primary).await;
+    let read_only: Option<i64> = o.query_first("SELECT @@read_only").await.unwrap();
+    assert_eq!(read_only, Some(1), "{outcome}");
+    if outcome.contains("rejoined") {
+        // It replicates from the new primary: a row written there arrives.
+        let mut n = ferry_conn(&east.mysql.replica).await;
+        n.query_drop(
+            "INSERT INTO psi.customers (name, email, region) VALUES ('after', 'after@rejoin', 'east')",
+        )
+        .await
+        .unwrap();
+        let started = Instant::now();
+        while o
+            .query_first::<String, _>("SELECT name FROM psi.customers WHERE email = 'after@rejoin'")
+            .await
+            .unwrap()
+            .is_none()
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "the rejoined old primary does not replicate"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    } else {
+        assert!(outcome.contains("left for an operator"), "{outcome}");
+    }
+    let db = &sb.status("east").await["details"]["watch"]["targets"]["db"];
+    assert_eq!(db["primary"], format!("{}:{}", east.mysql.replica.host, east.mysql.replica.port), "{db:#}");
+    println!("restarted old primary settled {settled:?} after it started: {outcome}");
 }
 
 #[tokio::test]
