@@ -405,6 +405,64 @@ async fn a_frozen_mariadb_primary_is_fenced_when_it_resumes() {
         phases(&entry["report"]),
         acked.len()
     );
+
+    // Left fenced, it is counted until an operator rebuilds it as a replica of the new primary;
+    // then ferry notices and stops alerting.
+    if outcome.contains("left for an operator") {
+        let metric = |sb: &Sandbox| {
+            let addr: SocketAddr =
+                sb.state.regions["west"].ferry.http_url.trim_start_matches("http://").parse().unwrap();
+            async move {
+                let (_, body) = ferry::sandbox::http_get(addr, "/metrics").await.unwrap();
+                body.lines()
+                    .find_map(|l| l.strip_prefix("ferry_failover_old_primary_fenced "))
+                    .map(|v| v.trim().to_string())
+                    .unwrap_or_default()
+            }
+        };
+        wait_for_async("fenced counted", Duration::from_secs(10), || async { metric(&sb).await == "1" })
+            .await;
+        let mut new = ferry_conn(&west.mysql.replica).await;
+        let position: Option<String> = new.query_first("SELECT @@gtid_binlog_pos").await.unwrap();
+        let mut old = ferry_conn(&west.mysql.primary).await;
+        for sql in [
+            "STOP SLAVE".to_string(),
+            "RESET SLAVE ALL".to_string(),
+            format!("SET GLOBAL gtid_slave_pos = '{}'", position.unwrap()),
+            format!(
+                "CHANGE MASTER TO MASTER_HOST = '{}', MASTER_PORT = {}, MASTER_USER = 'ferry', MASTER_PASSWORD = '{}', \
+                 MASTER_USE_GTID = slave_pos",
+                west.mysql.replica.host,
+                west.mysql.replica.port,
+                password(&sb)
+            ),
+            // A stand-in for a rebuild: the old primary still holds its own rows, so let the
+            // replicated ones overwrite them instead of stopping on duplicates.
+            "SET GLOBAL slave_exec_mode = 'IDEMPOTENT'".to_string(),
+            "START SLAVE".to_string(),
+        ] {
+            old.query_drop(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+        let rebuilt = Instant::now();
+        wait_for_async("fenced cleared", Duration::from_secs(20), || async { metric(&sb).await == "0" })
+            .await;
+        println!(
+            "operator rebuilt the fenced old primary: ferry stopped counting it {:?} later",
+            rebuilt.elapsed()
+        );
+    }
+}
+
+async fn wait_for_async<F, Fut>(what: &str, within: Duration, mut done: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while !done().await {
+        assert!(started.elapsed() < within, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 #[tokio::test]

@@ -303,6 +303,25 @@ fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
 }
 
+/// `replica` replicates from `primary` (both threads running, no error).
+pub async fn replicates_from(
+    replica: &DbServer,
+    primary: &DbServer,
+    accounts: &Accounts,
+    within: Duration,
+) -> Result<bool, String> {
+    let mut conn = connect(replica, accounts, within).await?;
+    let status: Option<Row> =
+        conn.query_first("SHOW SLAVE STATUS").await.map_err(|e| format!("{}: {e}", describe(replica)))?;
+    conn.disconnect().await.ok();
+    Ok(status.is_some_and(|row| {
+        text(&row, "Master_Host") == primary.host
+            && row.get_opt::<u16, _>("Master_Port").and_then(Result::ok) == Some(primary.port)
+            && text(&row, "Slave_IO_Running") == "Yes"
+            && text(&row, "Slave_SQL_Running") == "Yes"
+    }))
+}
+
 /// What became of a returned old primary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Returned {

@@ -145,3 +145,20 @@ pub async fn lists_replica(
         fields.contains(&ip.as_str()) && fields.contains(&port.as_str()) && fields.contains(&"state=online")
     }))
 }
+
+/// `server` answers `ROLE` as a replica of `primary`.
+pub async fn follows(server: SocketAddr, primary: SocketAddr, password: Option<&str>) -> bool {
+    let Ok(mut conn) = connect(server, password).await else { return false };
+    let answer: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query_async(&mut conn).await;
+    let text = |v: Option<&redis::Value>| match v {
+        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+        Some(redis::Value::SimpleString(s)) => s.clone(),
+        _ => String::new(),
+    };
+    // slave: [role, host, port, state, offset]
+    answer.is_ok_and(|a| {
+        text(a.first()) == "slave"
+            && text(a.get(1)) == primary.ip().to_string()
+            && matches!(a.get(2), Some(redis::Value::Int(p)) if *p == i64::from(primary.port()))
+    })
+}

@@ -14,6 +14,15 @@ use crate::model::Position;
 
 /// After a failover that did not finish, the next attempt waits this many intervals.
 const RETRY_INTERVALS: u32 = 10;
+/// How often an old primary left fenced is looked at again (an operator may have rebuilt it).
+const RECHECK_FENCED: Duration = Duration::from_secs(5);
+
+/// An old primary left fenced for an operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fenced {
+    pub server: Server,
+    pub reason: String,
+}
 
 /// One of the region's servers of the target's kind.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,8 +70,10 @@ pub struct PrimaryWatch {
     /// Old primaries not heard from since their failover: fenced (and maybe rejoined) once
     /// they answer.
     pub returned: Vec<Server>,
-    /// Old primaries left fenced for an operator, with why.
-    pub fenced: Vec<(String, String)>,
+    /// Old primaries left fenced for an operator, with why. Each leaves the list once it
+    /// replicates from the current primary (rebuilt by the operator).
+    pub fenced: Vec<Fenced>,
+    recheck_at: Option<Instant>,
     /// Why the last failover did not finish (alerted while set).
     pub refused: Option<String>,
     /// The primary's position at its last successful probe.
@@ -112,6 +123,7 @@ impl PrimaryWatch {
             current,
             returned: Vec::new(),
             fenced: Vec::new(),
+            recheck_at: None,
             refused: None,
             last_position: None,
             failing_since: None,
@@ -224,8 +236,15 @@ impl PrimaryWatch {
         report
     }
 
+    /// Old primaries are waiting to be fenced, or fenced ones are due a look.
+    pub fn settle_due(&self, now: Instant) -> bool {
+        !self.returned.is_empty() || (!self.fenced.is_empty() && self.recheck_at.is_none_or(|t| now >= t))
+    }
+
     /// Try each old primary that has not answered since its failover: fence it and let it
-    /// rejoin when its history allows. Returns a journal line per old primary dealt with.
+    /// rejoin when its history allows. Look again at those left fenced: one that now
+    /// replicates from the current primary needs no operator any more. Returns a journal line
+    /// per old primary dealt with.
     pub async fn settle_returned(
         &mut self,
         region: &Region,
@@ -266,11 +285,35 @@ impl PrimaryWatch {
                 )),
                 Some(Returned::Fenced { reason }) => {
                     out.push((old.address(), format!("fenced and left for an operator: {reason}")));
-                    self.fenced.push((old.address(), reason));
+                    self.fenced.push(Fenced { server: old, reason });
                 }
             }
         }
         self.returned = waiting;
+        if !self.fenced.is_empty() && self.recheck_at.is_none_or(|t| Instant::now() >= t) {
+            let mut still = Vec::new();
+            for f in std::mem::take(&mut self.fenced) {
+                let rebuilt = match (&f.server, &self.current, region.accounts()) {
+                    (Server::Db(o), Server::Db(new), Some(a)) => {
+                        mysql::replicates_from(o, new, &a, probe_timeout).await.unwrap_or(false)
+                    }
+                    (Server::Redis(o), Server::Redis(new), _) => {
+                        redis_promote::follows(*o, *new, region.redis_password().as_deref()).await
+                    }
+                    _ => false,
+                };
+                if rebuilt {
+                    out.push((
+                        f.server.address(),
+                        format!("replicates from {}: no longer fenced", self.current.address()),
+                    ));
+                } else {
+                    still.push(f);
+                }
+            }
+            self.fenced = still;
+            self.recheck_at = Some(Instant::now() + RECHECK_FENCED);
+        }
         out
     }
 }

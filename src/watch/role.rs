@@ -415,7 +415,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         let pending_lb = target.lb.is_some() && member.known_in != Some(member.wanted_in);
         let failover_due =
             primary.as_ref().is_some_and(|p| !tracker.health().is_serving() && p.due(Instant::now()));
-        let settle_due = primary.as_ref().is_some_and(|p| !p.returned.is_empty());
+        let settle_due = primary.as_ref().is_some_and(|p| p.settle_due(Instant::now()));
         if let Some(r) = other_region.as_mut() {
             r.observed(tracker.health().is_serving(), Instant::now());
         }
@@ -465,7 +465,15 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             for (old, what) in p.settle_returned(&shared.servers, target.timeout).await {
                 record(&shared, &target.name, "old_primary", &old, Some(what));
             }
-            shared.fenced.fetch_add(p.fenced.len() - fenced_before, Ordering::Relaxed);
+            match p.fenced.len().cmp(&fenced_before) {
+                std::cmp::Ordering::Greater => {
+                    shared.fenced.fetch_add(p.fenced.len() - fenced_before, Ordering::Relaxed);
+                }
+                std::cmp::Ordering::Less => {
+                    shared.fenced.fetch_sub(fenced_before - p.fenced.len(), Ordering::Relaxed);
+                }
+                std::cmp::Ordering::Equal => {}
+            }
             // Acting took this long on purpose: the next tick is due an interval from now, not
             // late (which would read as a stalled process).
             if started.elapsed() > target.interval {
@@ -536,7 +544,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                             .map(|p| {
                                 p.fenced
                                     .iter()
-                                    .map(|(s, r)| format!("{s}: {r}"))
+                                    .map(|f| format!("{}: {}", f.server.address(), f.reason))
                                     .collect::<Vec<_>>()
                                     .join("; ")
                             })
@@ -572,7 +580,9 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                     "held_down": tracker.held_until().is_some(),
                     "primary": primary.as_ref().map(|p| p.current.address()),
                     "old_primaries_waiting": primary.as_ref().map(|p| p.returned.iter().map(|s| s.address()).collect::<Vec<_>>()),
-                    "old_primaries_fenced": primary.as_ref().map(|p| p.fenced.clone()),
+                    "old_primaries_fenced": primary.as_ref().map(|p| {
+                        p.fenced.iter().map(|f| (f.server.address(), f.reason.clone())).collect::<Vec<_>>()
+                    }),
                 }),
             );
         }
