@@ -25,17 +25,25 @@ pub async fn connect(
     redis_connection(&client, Duration::from_secs(2)).await.map_err(|e| format!("{addr}: {e}"))
 }
 
-/// `ROLE`'s first element (`master`, `slave`) and, for a replica, its offset.
-pub async fn role(conn: &mut redis::aio::MultiplexedConnection) -> Result<(String, i64), String> {
-    let answer: Vec<redis::Value> =
-        redis::cmd("ROLE").query_async(conn).await.map_err(|e| format!("ROLE: {e}"))?;
-    let text = |v: Option<&redis::Value>| match v {
+/// The `ROLE` reply: master `[role, offset, replicas]`, replica `[role, host, port, state,
+/// offset]`.
+async fn role_reply(conn: &mut redis::aio::MultiplexedConnection) -> Result<Vec<redis::Value>, String> {
+    redis::cmd("ROLE").query_async(conn).await.map_err(|e| format!("ROLE: {e}"))
+}
+
+/// A string element of a reply (empty when it is not one).
+fn text(v: Option<&redis::Value>) -> String {
+    match v {
         Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
         Some(redis::Value::SimpleString(s)) => s.clone(),
         _ => String::new(),
-    };
+    }
+}
+
+/// `ROLE`'s first element (`master`, `slave`) and, for a replica, its offset.
+pub async fn role(conn: &mut redis::aio::MultiplexedConnection) -> Result<(String, i64), String> {
+    let answer = role_reply(conn).await?;
     let role = text(answer.first());
-    // master: [role, offset, replicas]; slave: [role, host, port, state, offset]
     let offset = match (role.as_str(), answer.get(1), answer.get(4)) {
         ("master", Some(redis::Value::Int(o)), _) | ("slave", _, Some(redis::Value::Int(o))) => *o,
         _ => -1,
@@ -149,14 +157,7 @@ pub async fn lists_replica(
 /// `server` answers `ROLE` as a replica of `primary`.
 pub async fn follows(server: SocketAddr, primary: SocketAddr, password: Option<&str>) -> bool {
     let Ok(mut conn) = connect(server, password).await else { return false };
-    let answer: Result<Vec<redis::Value>, _> = redis::cmd("ROLE").query_async(&mut conn).await;
-    let text = |v: Option<&redis::Value>| match v {
-        Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(redis::Value::SimpleString(s)) => s.clone(),
-        _ => String::new(),
-    };
-    // slave: [role, host, port, state, offset]
-    answer.is_ok_and(|a| {
+    role_reply(&mut conn).await.is_ok_and(|a| {
         text(a.first()) == "slave"
             && text(a.get(1)) == primary.ip().to_string()
             && matches!(a.get(2), Some(redis::Value::Int(p)) if *p == i64::from(primary.port()))
