@@ -14,6 +14,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use mysql_async::Opts;
 use mysql_async::prelude::Queryable;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::{Message, Offset, TopicPartitionList};
@@ -21,7 +22,7 @@ use serde::Serialize;
 
 use super::dns::{self, Switched};
 use super::mysql::{self, Accounts};
-use crate::config::{Config, RegionConfig};
+use crate::config::{Config, DbServer, RegionConfig};
 use crate::model::Gtid;
 use crate::transport::envelope::Envelope;
 use crate::transport::{changes_topic, kafka::client_config};
@@ -85,13 +86,14 @@ fn region<'a>(config: &'a Config, name: &str) -> Result<&'a RegionConfig, String
     config.regions.get(name).ok_or_else(|| format!("no region `{name}` in the configuration"))
 }
 
-/// The standby can take the traffic: its MariaDB and Redis primaries answer as primaries.
-async fn standby_health(standby: &RegionConfig) -> Vec<(String, Result<String, String>)> {
-    let accounts = Accounts::from_config(&standby.mysql, None);
-    let mut checks = vec![(
-        "mysql primary".to_string(),
-        mysql::locate(&standby.mysql, &accounts, Duration::from_secs(3)).await.map(|s| mysql::describe(&s)),
-    )];
+/// The standby can take the traffic: its MariaDB primary (`primary`, located by the caller) and
+/// its Redis primary answer as primaries.
+async fn standby_health(
+    standby: &RegionConfig,
+    primary: &Result<DbServer, String>,
+) -> Vec<(String, Result<String, String>)> {
+    let mut checks =
+        vec![("mysql primary".to_string(), primary.as_ref().map(mysql::describe).map_err(Clone::clone))];
     if let Some(redis) = &standby.redis {
         let servers = redis.servers();
         let password = redis.password.as_ref().map(|p| p.expose().to_string());
@@ -101,11 +103,10 @@ async fn standby_health(standby: &RegionConfig) -> Vec<(String, Result<String, S
     checks
 }
 
-/// Read the failed region's topic past what the standby applied.
-pub async fn rpo(config: &Config, from: &str, to: &str) -> Result<Rpo, String> {
-    let (failed, standby) = (region(config, from)?, region(config, to)?);
-    let opts = mysql::primary_opts(&standby.mysql).await?;
-    let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| format!("standby primary: {e}"))?;
+/// Read the failed region's topic past what the standby (its primary at `standby`) applied.
+async fn rpo(failed: &RegionConfig, from: &str, standby: &Opts) -> Result<Rpo, String> {
+    let mut conn =
+        mysql_async::Conn::new(standby.clone()).await.map_err(|e| format!("standby primary: {e}"))?;
     let applied: Option<(String, i64)> = conn
         .exec_first("SELECT gtid, kafka_offset FROM ferry.applied WHERE origin = ?", (from,))
         .await
@@ -216,9 +217,16 @@ pub async fn fail_over(config: &Config, from: &str, to: &str, confirm: bool) -> 
         };
         records.push(RecordSwitch { name, from: current, to: *to_ip, result: "planned".into() });
     }
-    let health = standby_health(standby).await;
+    // The standby's primary, found once for the health check, the RPO and keeping the report.
+    let accounts = Accounts::from_config(&standby.mysql, None);
+    let primary = mysql::locate(&standby.mysql, &accounts, Duration::from_secs(3)).await;
+    let health = standby_health(standby, &primary).await;
     let healthy = health.iter().all(|(_, r)| r.is_ok());
-    let rpo = rpo(config, from, to).await;
+    let standby_opts = primary.map(|s| mysql::opts(&s, &accounts));
+    let rpo = match &standby_opts {
+        Ok(opts) => rpo(region(config, from)?, from, opts).await,
+        Err(e) => Err(format!("standby primary: {e}")),
+    };
     let mut report = RegionReport {
         from: from.into(),
         to: to.into(),
@@ -249,18 +257,19 @@ pub async fn fail_over(config: &Config, from: &str, to: &str, confirm: bool) -> 
         all &= record.result == "switched" || record.result == "already";
     }
     report.result = if all { "done" } else { "failed" }.into();
-    keep(standby, &report).await;
+    if let Ok(opts) = &standby_opts {
+        keep(opts, &report).await;
+    }
     Ok(report)
 }
 
 /// Keep the report on the standby's primary (`ferry.failovers`); a failure is logged, the
 /// report is printed anyway.
-async fn keep(standby: &RegionConfig, report: &RegionReport) {
+async fn keep(standby: &Opts, report: &RegionReport) {
     let unapplied = report.rpo.as_ref().map_or(-1, |r| r.transactions.len() as i64);
     let json = serde_json::to_string(report).unwrap_or_default();
     let write = async {
-        let opts = mysql::primary_opts(&standby.mysql).await?;
-        let mut conn = mysql_async::Conn::new(opts).await.map_err(|e| e.to_string())?;
+        let mut conn = mysql_async::Conn::new(standby.clone()).await.map_err(|e| e.to_string())?;
         crate::schema::install(&mut conn).await.map_err(|e| e.to_string())?;
         conn.exec_drop(
             "INSERT INTO ferry.failovers (kind, from_region, to_region, result, unapplied, report) \
