@@ -135,26 +135,56 @@ async fn wait_for<F: FnMut() -> bool>(what: &str, within: Duration, mut done: F)
     }
 }
 
-/// The journal's entry for `target`'s first failover with result `done`, waited for.
-async fn failover_entry(sb: &Sandbox, region: &str, target: &str, within: Duration) -> serde_json::Value {
+/// The watch journal of the ferry whose HTTP listener is `url` (`/status`).
+async fn journal(url: &str) -> Vec<serde_json::Value> {
+    let addr: SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let (_, body) = ferry::sandbox::http_get(addr, "/status").await.unwrap();
+    let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+    status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default()
+}
+
+/// The first entry of that journal `matches` accepts, waited for.
+async fn wait_entry(
+    url: &str,
+    what: &str,
+    within: Duration,
+    matches: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
     let started = Instant::now();
     loop {
-        let status = sb.status(region).await;
-        let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
-        let failover = journal.iter().find(|e| e["target"] == target && e["kind"] == "failover");
-        if let Some(entry) = failover {
-            assert_eq!(entry["what"], "done", "failover of {target}: {entry:#}");
+        let journal = journal(url).await;
+        if let Some(entry) = journal.iter().find(|e| matches(e)) {
             return entry.clone();
         }
-        assert!(started.elapsed() < within, "no failover of {target} within {within:?}: {journal:#?}");
+        assert!(started.elapsed() < within, "{what}: not within {within:?}: {journal:#?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// The journal's entry for `target`'s first failover, waited for; it must be `done`.
+async fn failover_entry(sb: &Sandbox, region: &str, target: &str, within: Duration) -> serde_json::Value {
+    let url = &sb.state.regions[region].ferry.http_url;
+    let entry = wait_entry(url, &format!("failover of {target}"), within, |e| {
+        e["target"] == target && e["kind"] == "failover"
+    })
+    .await;
+    assert_eq!(entry["what"], "done", "failover of {target}: {entry:#}");
+    entry
+}
+
+/// What the journal says became of the old primary `old`, waited for.
+async fn old_primary_outcome(sb: &Sandbox, region: &str, old: &str, within: Duration) -> String {
+    let url = &sb.state.regions[region].ferry.http_url;
+    let entry = wait_entry(url, &format!("{old} settled"), within, |e| {
+        e["kind"] == "old_primary" && e["what"] == old
+    })
+    .await;
+    entry["detail"].as_str().unwrap_or_default().to_string()
+}
+
 /// When (Unix ms) `target` was called Down, from the journal.
 async fn down_at(sb: &Sandbox, region: &str, target: &str) -> u64 {
-    let status = sb.status(region).await;
-    let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
+    let journal = journal(&sb.state.regions[region].ferry.http_url).await;
     journal
         .iter()
         .find(|e| e["target"] == target && e["kind"] == "transition" && e["what"] == "down")
@@ -295,25 +325,10 @@ async fn a_killed_mariadb_primary_is_replaced_and_no_acknowledged_insert_is_lost
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _restarted = Reap(restarted);
+    let _restarted = common::Reaped(restarted);
     let back = Instant::now();
     let old = format!("{}:{}", east.mysql.primary.host, east.mysql.primary.port);
-    let outcome = loop {
-        let status = sb.status("east").await;
-        let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
-        if let Some(e) = journal.iter().find(|e| e["kind"] == "old_primary" && e["what"] == old.as_str()) {
-            break e["detail"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(back.elapsed() < Duration::from_secs(60), "{old} never settled: {journal:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let outcome = old_primary_outcome(&sb, "east", &old, Duration::from_secs(60)).await;
     let settled = back.elapsed();
     let mut o = ferry_conn(&east.mysql.primary).await;
     let read_only: Option<i64> = o.query_first("SELECT @@read_only").await.unwrap();
@@ -368,16 +383,7 @@ async fn a_frozen_mariadb_primary_is_fenced_when_it_resumes() {
 
     // The loop fences it at its first answer.
     let old = format!("{}:{}", west.mysql.primary.host, west.mysql.primary.port);
-    let started = Instant::now();
-    let outcome = loop {
-        let status = sb.status("west").await;
-        let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
-        if let Some(e) = journal.iter().find(|e| e["kind"] == "old_primary" && e["what"] == old.as_str()) {
-            break e["detail"].as_str().unwrap_or_default().to_string();
-        }
-        assert!(started.elapsed() < Duration::from_secs(30), "{old} never fenced: {journal:#?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let outcome = old_primary_outcome(&sb, "west", &old, Duration::from_secs(30)).await;
     let fenced_after = thawed.elapsed();
     let acked = writer.finish().await;
 
@@ -551,14 +557,7 @@ async fn a_killed_redis_primary_is_replaced_and_rejoins_as_a_replica() {
         .stdout(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _restarted = Reap(restarted);
+    let _restarted = common::Reaped(restarted);
     let started = Instant::now();
     loop {
         if let Ok(mut c) = ferry::failover::redis_promote::connect(old, None).await
@@ -787,29 +786,11 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     }];
     let path = sb.dir.join("west").join("region-watch.yaml");
     std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
-    let mut watcher = common::spawn_ferry(&path, &sb.dir.join("west").join("region-watch.log"));
-    struct Reap<'a>(&'a mut std::process::Child);
-    impl Drop for Reap<'_> {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _watcher = Reap(&mut watcher);
+    let _watcher = common::Reaped(common::spawn_ferry(&path, &sb.dir.join("west").join("region-watch.log")));
     common::wait_ready(config.http.listen).await;
-    let journal = |what: &'static str| {
-        let addr = config.http.listen;
-        async move {
-            let (_, body) = ferry::sandbox::http_get(addr, "/status").await.unwrap();
-            let status: serde_json::Value = serde_json::from_str(&body).unwrap();
-            status["details"]["watch"]["journal"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default()
-                .into_iter()
-                .find(|e| e["kind"] == "region_failover" && e["what"] == what)
-        }
-    };
+    let watcher_url = format!("http://{}", config.http.listen);
+    let decided =
+        |what: &'static str| move |e: &serde_json::Value| e["kind"] == "region_failover" && e["what"] == what;
     let auth = authority(&sb);
     let zone = sb.state.dns.zone.clone();
     let app_east_name = format!("app.east.{zone}");
@@ -820,13 +801,8 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     // East's frontend dies, east's ferry still answers: a partition, nothing switched.
     signal(east.haproxy.process.pid, "-9");
     let cut = Instant::now();
-    let partition = loop {
-        if let Some(e) = journal("partition").await {
-            break e;
-        }
-        assert!(cut.elapsed() < Duration::from_secs(20), "no partition decision");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let partition =
+        wait_entry(&watcher_url, "a partition decision", Duration::from_secs(20), decided("partition")).await;
     let waited = cut.elapsed();
     assert!(waited >= confirm, "decided after {waited:?}, before the {confirm:?} window");
     assert_eq!(
@@ -837,13 +813,7 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     // East's ferry goes too: the region is down. The switch follows.
     signal(east.ferry.process.pid, "-9");
     let silent = Instant::now();
-    let entry = loop {
-        if let Some(e) = journal("done").await {
-            break e;
-        }
-        assert!(silent.elapsed() < Duration::from_secs(30), "no region failover");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let entry = wait_entry(&watcher_url, "a region failover", Duration::from_secs(30), decided("done")).await;
     let switched = silent.elapsed();
     let west_front_ip =
         west.haproxy.frontend_url.trim_start_matches("http://").split(':').next().unwrap().to_string();

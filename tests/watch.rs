@@ -17,18 +17,6 @@ const INTERVAL: Duration = Duration::from_secs(1);
 const FAILURES: u32 = 3;
 const RECOVERIES: u32 = 3;
 
-/// Processes the test started itself, killed when it ends.
-struct Children(Vec<std::process::Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
 /// `srv_admin_state` of `server` in backend `app`.
 async fn admin_state(api: &Path, server: &str) -> u32 {
     let answer = ferry::watch::lb::command(api.to_str().unwrap(), "show servers state app").await.unwrap();
@@ -56,7 +44,7 @@ fn kill(pid: u32) {
 #[tokio::test]
 async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers() {
     let sb = common::Sandbox::up();
-    let mut children = Children(Vec::new());
+    let mut children = Vec::new();
     let state = sb.state.clone();
     let east = &state.regions["east"];
     let api = east.haproxy.runtime_api.clone();
@@ -88,7 +76,7 @@ async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers()
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    children.0.push(child);
+    children.push(common::Reaped(child));
     let limit = INTERVAL * RECOVERIES + Duration::from_secs(1);
     let recovery = until_drain(&api, &app.name, false, limit + Duration::from_secs(5)).await;
     println!("recovery: {} back in service {recovery:?} after its restart (bound {limit:?})", app.name);
