@@ -6,7 +6,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::config::{DbServer, FailoverConfig, MysqlConfig, PrimaryKind, RedisConfig, TargetFailover};
+use crate::config::{
+    DbServer, FailoverConfig, MysqlConfig, PrimaryKind, RedisConfig, RegionConfig, TargetFailover,
+};
 use crate::failover::mysql::{self, Accounts, Returned};
 use crate::failover::redis_promote;
 use crate::failover::run::{self, Plan, Report};
@@ -43,14 +45,21 @@ impl Server {
 /// What the region has, for failing over one kind of primary.
 #[derive(Clone)]
 pub struct Region {
-    pub mysql: Option<MysqlConfig>,
+    pub mysql: MysqlConfig,
+    /// Who ferry connects to the MariaDB servers as.
+    accounts: Accounts,
     pub redis: Option<RedisConfig>,
     pub failover: FailoverConfig,
 }
 
 impl Region {
-    fn accounts(&self) -> Option<Accounts> {
-        self.mysql.as_ref().map(|m| Accounts::from_config(m, Some(&self.failover)))
+    pub fn new(local: &RegionConfig, failover: FailoverConfig) -> Self {
+        Self {
+            mysql: local.mysql.clone(),
+            accounts: Accounts::from_config(&local.mysql, Some(&failover)),
+            redis: local.redis.clone(),
+            failover,
+        }
     }
 
     fn redis_password(&self) -> Option<String> {
@@ -87,22 +96,12 @@ impl PrimaryWatch {
     /// Find the current primary (the configured one when none can be told).
     pub async fn start(kind: PrimaryKind, config: TargetFailover, region: &Region, fallback: &str) -> Self {
         let current = match kind {
-            PrimaryKind::Mysql => {
-                let m = region.mysql.as_ref();
-                let found = match (m, region.accounts()) {
-                    (Some(m), Some(a)) => mysql::locate(m, &a, Duration::from_secs(2)).await.map_err(|e| {
-                        tracing::warn!(error = %e, "watch: could not tell the MariaDB primary; using the configured one");
-                    }),
-                    _ => Err(()),
-                };
-                Server::Db(found.unwrap_or_else(|()| {
-                    m.map(|m| m.primary.clone()).unwrap_or(DbServer {
-                        host: fallback.rsplit_once(':').map_or(fallback, |(h, _)| h).to_string(),
-                        port: 3306,
-                        server_id: 0,
-                    })
-                }))
-            }
+            PrimaryKind::Mysql => Server::Db(
+                mysql::locate(&region.mysql, &region.accounts, Duration::from_secs(2)).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "watch: could not tell the MariaDB primary; using the configured one");
+                    region.mysql.primary.clone()
+                }),
+            ),
             PrimaryKind::Redis => {
                 let password = region.redis_password();
                 let found = redis_promote::locate(&region.redis_servers(), password.as_deref()).await;
@@ -145,19 +144,14 @@ impl PrimaryWatch {
         self.retry_at = None;
         let within = Duration::from_millis(500);
         let moved = match &self.current {
-            Server::Db(server) => {
-                let (Some(m), Some(accounts)) = (region.mysql.as_ref(), region.accounts()) else {
-                    return None;
-                };
-                match mysql::observe(server, &accounts, within).await {
-                    Ok(o) if o.writable() => {
-                        self.last_position = Some(o.executed);
-                        None
-                    }
-                    Ok(_) => mysql::locate(m, &accounts, within).await.ok().map(Server::Db),
-                    Err(_) => None,
+            Server::Db(server) => match mysql::observe(server, &region.accounts, within).await {
+                Ok(o) if o.writable() => {
+                    self.last_position = Some(o.executed);
+                    None
                 }
-            }
+                Ok(_) => mysql::locate(&region.mysql, &region.accounts, within).await.ok().map(Server::Db),
+                Err(_) => None,
+            },
             Server::Redis(addr) => {
                 let password = region.redis_password();
                 let role = match redis_promote::connect(*addr, password.as_deref()).await {
@@ -194,24 +188,28 @@ impl PrimaryWatch {
             Plan::new(&region.failover, self.config.record.as_deref(), self.config.haproxy.clone(), detected);
         let report = match plan {
             Err(e) => failed(self.kind, &self.current, e),
-            Ok(plan) => match (&self.current, region.mysql.as_ref(), region.accounts()) {
-                (Server::Db(old), Some(m), Some(a)) => {
-                    run::mysql_primary(&plan, m, &a, old, self.last_position.as_ref()).await
+            Ok(plan) => match &self.current {
+                Server::Db(old) => {
+                    run::mysql_primary(
+                        &plan,
+                        &region.mysql,
+                        &region.accounts,
+                        old,
+                        self.last_position.as_ref(),
+                    )
+                    .await
                 }
-                (Server::Redis(old), ..) => {
+                Server::Redis(old) => {
                     let password = region.redis_password();
                     run::redis_primary(&plan, &region.redis_servers(), password.as_deref(), *old).await
                 }
-                _ => failed(self.kind, &self.current, "the region's MariaDB is not configured".into()),
             },
         };
         let promoted = report.new.as_ref().filter(|_| report.result == "done");
         match (promoted, &self.current) {
             (Some(_), Server::Db(_)) => {
-                let new = region
-                    .mysql
-                    .iter()
-                    .flat_map(mysql::servers)
+                let new = mysql::servers(&region.mysql)
+                    .into_iter()
                     .find(|s| Some(mysql::describe(s)) == report.new);
                 if let Some(new) = new {
                     self.returned.push(std::mem::replace(&mut self.current, Server::Db(new)));
@@ -260,13 +258,12 @@ impl PrimaryWatch {
                     .is_ok_and(|c| c.is_ok());
             let result = match (&old, &self.current, reachable) {
                 (_, _, false) => None,
-                (Server::Db(o), Server::Db(new), true) => match region.accounts() {
-                    Some(a) => mysql::rejoin(o, new, &a, region.failover.fence_timeout)
+                (Server::Db(o), Server::Db(new), true) => {
+                    mysql::rejoin(o, new, &region.accounts, region.failover.fence_timeout)
                         .await
                         .map_err(|e| tracing::warn!(old = %mysql::describe(o), error = %e, "old primary answers but is not settled yet; retrying"))
-                        .ok(),
-                    None => None,
-                },
+                        .ok()
+                }
                 (Server::Redis(o), Server::Redis(new), true) => {
                     let password = region.redis_password();
                     redis_promote::follow(*o, *new, password.as_deref())
@@ -293,11 +290,11 @@ impl PrimaryWatch {
         if !self.fenced.is_empty() && self.recheck_at.is_none_or(|t| Instant::now() >= t) {
             let mut still = Vec::new();
             for f in std::mem::take(&mut self.fenced) {
-                let rebuilt = match (&f.server, &self.current, region.accounts()) {
-                    (Server::Db(o), Server::Db(new), Some(a)) => {
-                        mysql::replicates_from(o, new, &a, probe_timeout).await.unwrap_or(false)
+                let rebuilt = match (&f.server, &self.current) {
+                    (Server::Db(o), Server::Db(new)) => {
+                        mysql::replicates_from(o, new, &region.accounts, probe_timeout).await.unwrap_or(false)
                     }
-                    (Server::Redis(o), Server::Redis(new), _) => {
+                    (Server::Redis(o), Server::Redis(new)) => {
                         redis_promote::follows(*o, *new, region.redis_password().as_deref()).await
                     }
                     _ => false,

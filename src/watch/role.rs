@@ -97,19 +97,16 @@ pub struct WatchRole {
 }
 
 impl WatchRole {
-    /// `None` without a `watch` section or targets.
+    /// `None` without a `watch` section or targets (or, which validation rules out, without the
+    /// local region).
     pub fn from_config(config: &Config, metrics: WatchMetrics) -> Option<Self> {
         let watch = config.watch.clone().filter(|w| !w.targets.is_empty())?;
-        let local = config.local();
+        let local = config.local()?;
         let credentials = Credentials {
-            mysql: local.map(|r| (r.mysql.user.clone(), r.mysql.password.clone())),
-            redis_password: local.and_then(|r| r.redis.as_ref()).and_then(|r| r.password.clone()),
+            mysql: Some((local.mysql.user.clone(), local.mysql.password.clone())),
+            redis_password: local.redis.as_ref().and_then(|r| r.password.clone()),
         };
-        let servers = Region {
-            mysql: local.map(|r| r.mysql.clone()),
-            redis: local.and_then(|r| r.redis.clone()),
-            failover: config.failover.clone().unwrap_or_default(),
-        };
+        let servers = Region::new(local, config.failover.clone().unwrap_or_default());
         Some(Self {
             region: config.region.clone(),
             config: watch,
@@ -497,14 +494,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                     };
                     shared.metrics.failovers.get_or_create(&kind).inc();
                     tracing::warn!(target = %target.name, from = %r.region, result = %report.result, "region failover");
-                    if let Ok(mut board) = shared.board.lock() {
-                        let mut entry = serde_json::json!({
-                            "at_unix_ms": unix_ms(), "target": target.name, "kind": "region_failover",
-                            "what": report.result, "epoch": epoch,
-                        });
-                        entry["report"] = serde_json::to_value(&*report).unwrap_or_default();
-                        board.record(entry);
-                    }
+                    record_report(&shared, &target.name, "region_failover", &report.result, epoch, &*report);
                 }
                 Some(super::region::Decision::Failed(e)) => {
                     shared
@@ -605,12 +595,23 @@ fn failed_over(shared: &Shared, target: &str, report: &crate::failover::run::Rep
     } else {
         tracing::error!(%target, old = %report.old, reason = ?report.reason, "failover {}", report.result);
     }
+    record_report(shared, target, "failover", report.result, epoch, report);
+}
+
+/// A journal entry carrying a whole failover report.
+fn record_report(
+    shared: &Shared,
+    target: &str,
+    kind: &str,
+    what: &str,
+    epoch: Option<u64>,
+    report: &impl serde::Serialize,
+) {
     if let Ok(mut board) = shared.board.lock() {
-        let mut entry = serde_json::json!({
-            "at_unix_ms": unix_ms(), "target": target, "kind": "failover", "what": report.result, "epoch": epoch,
-        });
-        entry["report"] = serde_json::to_value(report).unwrap_or_default();
-        board.record(entry);
+        board.record(serde_json::json!({
+            "at_unix_ms": unix_ms(), "target": target, "kind": kind, "what": what, "epoch": epoch,
+            "report": serde_json::to_value(report).unwrap_or_default(),
+        }));
     }
 }
 
