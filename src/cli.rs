@@ -298,7 +298,9 @@ fn validate(path: &Path, offline: bool) -> i32 {
             eprint!("{}", config::ConfigErrors { source: path.display().to_string(), problems });
             return EXIT_CONFIG;
         }
-        Some(Ok(_)) => println!("{}: conflict rules match the local primary's schema", path.display()),
+        Some(Ok(_)) => {
+            println!("{}: the local primary's identity and schema match the configuration", path.display())
+        }
         Some(Err(e)) => println!("{}: schema not checked: {e}", path.display()),
         None => {}
     }
@@ -316,9 +318,14 @@ async fn schema_problems(c: &Config) -> Result<Vec<config::ConfigProblem>, Strin
         Ok(Err(e)) => return Err(format!("cannot reach the local primary at {at}: {e}")),
         Err(_) => return Err(format!("cannot reach the local primary at {at}: timed out")),
     };
-    let problems = crate::conflict::check::check(&mut conn, c)
-        .await
-        .map_err(|e| format!("reading the schema at {at}: {e}"));
+    let problems = async {
+        let mut problems =
+            crate::capture::preflight::identity_problems(&mut conn, &c.region, &local.mysql).await?;
+        problems.extend(crate::conflict::check::check(&mut conn, c).await?);
+        Ok::<_, mysql_async::Error>(problems)
+    }
+    .await
+    .map_err(|e| format!("reading the schema at {at}: {e}"));
     let _ = conn.disconnect().await;
     problems
 }

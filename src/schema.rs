@@ -19,6 +19,9 @@ pub const DATABASE: &str = "ferry";
 /// The schemas that hold no user tables (SQL list): the server's own and ferry's.
 pub const NOT_USER_SCHEMAS: &str = "('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry')";
 
+/// MySQL's "Unknown column" error.
+const UNKNOWN_COLUMN: u16 = 1054;
+
 /// The DDL, one statement per entry.
 pub const STATEMENTS: &[&str] = &[
     "CREATE DATABASE IF NOT EXISTS ferry CHARACTER SET utf8mb4 COLLATE utf8mb4_bin",
@@ -101,19 +104,23 @@ pub async fn install(conn: &mut mysql_async::Conn) -> Result<(), mysql_async::Er
         conn.query_drop(*sql).await?;
     }
     // Earlier builds created these two tables with other columns and never wrote them:
-    // replace them with the current shape.
+    // replace them with the current shape. Only a table that provably lacks the column is
+    // replaced: the server must say the column is unknown (1054). information_schema hides
+    // columns an account holds no privilege on, so its silence proves nothing, and dropping
+    // on it would lose every tombstone (deleted rows would come back).
     for (table, column) in [("tombstones", "version_us"), ("conflicts", "incoming_version_us")] {
-        let current: Option<u8> = conn
-            .exec_first(
-                "SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'ferry' \
-                 AND TABLE_NAME = ? AND COLUMN_NAME = ?",
-                (table, column),
-            )
-            .await?;
-        if current.is_none() {
-            conn.query_drop(format!("DROP TABLE IF EXISTS ferry.{table}")).await?;
-            let create = STATEMENTS.iter().find(|s| s.contains(&format!("ferry.{table} ("))).expect("listed");
-            conn.query_drop(*create).await?;
+        match conn.query_drop(format!("SELECT {column} FROM ferry.{table} LIMIT 0")).await {
+            Ok(()) => {}
+            Err(mysql_async::Error::Server(e)) if e.code == UNKNOWN_COLUMN => {
+                tracing::warn!(table = %format!("ferry.{table}"), "replacing a table of an earlier shape (it lacks {column})");
+                conn.query_drop(format!("DROP TABLE ferry.{table}")).await?;
+                let create =
+                    STATEMENTS.iter().find(|s| s.contains(&format!("ferry.{table} ("))).expect("listed");
+                conn.query_drop(*create).await?;
+            }
+            Err(e) => {
+                tracing::warn!(table = %format!("ferry.{table}"), error = %e, "cannot check the table's shape; left as it is");
+            }
         }
     }
     Ok(())

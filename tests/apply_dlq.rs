@@ -9,13 +9,9 @@ use ferry::model::{Gtid, MariaGtid, Op, Row, RowChange, Value};
 use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, pick_port};
 use ferry::transport::envelope::RecordBuilder;
 use mysql_async::prelude::Queryable;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
-use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 mod common;
-use common::{FERRY, apply_only_config};
+use common::{FERRY, apply_only_config, dead_letters, produce};
 
 fn insert(seq: u64, id: i64) -> Vec<u8> {
     insert_row(seq, id, true)
@@ -43,41 +39,6 @@ fn insert_row(seq: u64, id: i64, with_note: bool) -> Vec<u8> {
     let mut b = RecordBuilder::new("east", 65536);
     assert!(b.push(&header, &change).unwrap().is_none());
     b.finish(&header).payload
-}
-
-async fn produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .create()
-        .unwrap();
-    for p in payloads {
-        producer
-            .send(FutureRecord::to(topic).key("k").payload(p), Duration::from_secs(20))
-            .await
-            .map_err(|(e, _)| e)
-            .unwrap();
-    }
-}
-
-fn dead_letters(bootstrap: &str, topic: &str, want: usize) -> Vec<serde_json::Value> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("broker.address.family", "v4")
-        .set("group.id", "dlq-check")
-        .create()
-        .unwrap();
-    let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset(topic, 0, Offset::Beginning).unwrap();
-    consumer.assign(&tpl).unwrap();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while out.len() < want && Instant::now() < deadline {
-        if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
-            out.push(serde_json::from_slice(m.payload().unwrap()).unwrap());
-        }
-    }
-    out
 }
 
 async fn setup(

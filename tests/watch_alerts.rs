@@ -267,7 +267,7 @@ async fn http_stub(answer: Option<&'static str>) -> std::net::SocketAddr {
 #[tokio::test]
 async fn each_probe_kind_tells_healthy_from_not() {
     use ferry::config::{ProbeConfig, RedisRole, Secret};
-    use ferry::watch::probe::{Credentials, probe};
+    use ferry::watch::probe::{Credentials, Failure, probe};
     let t = Duration::from_secs(2);
     let none = Credentials::default();
     let closed = {
@@ -284,12 +284,12 @@ async fn each_probe_kind_tells_healthy_from_not() {
     };
     assert_eq!(probe(&http(&ok, 200, Some("ready")), &none, t).await, Ok(()));
     let err = probe(&http(&ok, 200, Some("green")), &none, t).await.unwrap_err();
-    assert!(err.contains("without `green`"), "{err}");
+    assert!(err.reason().contains("without `green`"), "{err:?}");
     let err = probe(&http(&ok, 204, None), &none, t).await.unwrap_err();
-    assert!(err.contains("answered 200, expected 204"), "{err}");
+    assert!(err.reason().contains("answered 200, expected 204"), "{err:?}");
     let silent = http_stub(None).await.to_string();
     let err = probe(&http(&silent, 200, None), &none, Duration::from_millis(200)).await.unwrap_err();
-    assert!(err.contains("no answer within"), "{err}");
+    assert!(err.reason().contains("no answer within"), "{err:?}");
     assert!(probe(&http(&closed, 200, None), &none, t).await.is_err());
     assert_eq!(probe(&ProbeConfig::Tcp { address: ok.clone() }, &none, t).await, Ok(()));
     assert!(probe(&ProbeConfig::Tcp { address: closed.clone() }, &none, t).await.is_err());
@@ -299,7 +299,7 @@ async fn each_probe_kind_tells_healthy_from_not() {
     assert_eq!(probe(&r(None), &none, t).await, Ok(()));
     assert_eq!(probe(&r(Some(RedisRole::Master)), &none, t).await, Ok(()));
     let err = probe(&r(Some(RedisRole::Replica)), &none, t).await.unwrap_err();
-    assert!(err.contains("ROLE is master"), "{err}");
+    assert!(err.reason().contains("ROLE is master"), "{err:?}");
     assert!(probe(&ProbeConfig::Redis { address: closed.clone(), role: None }, &none, t).await.is_err());
 
     let db = ferry::sandbox::MariaDb::start_temp(ferry::sandbox::MariaDbOptions::test("probe-db", 401, 4))
@@ -319,15 +319,18 @@ async fn each_probe_kind_tells_healthy_from_not() {
     assert_eq!(probe(&m, &good, t).await, Ok(()));
     let bad = Credentials { mysql: Some((user, Secret::inline("wrong"))), ..Credentials::default() };
     let err = probe(&m, &bad, t).await.unwrap_err();
-    assert!(err.contains("connect"), "{err}");
+    assert!(
+        matches!(&err, Failure::Credentials(r) if r.contains("connect") && r.contains("Access denied")),
+        "a refused password is a credentials problem, not ill health: {err:?}"
+    );
     // The heartbeat write needs the ferry schema and a writable server.
     let err = probe(&mysql(&db, true, None), &good, t).await.unwrap_err();
-    assert!(err.contains("heartbeat write"), "{err}");
+    assert!(err.reason().contains("heartbeat write"), "{err:?}");
     let mut c = db.conn().await.unwrap();
     ferry::schema::install(&mut c).await.unwrap();
     assert_eq!(probe(&mysql(&db, true, None), &good, t).await, Ok(()));
     let err = probe(&mysql(&db, false, Some(Duration::from_secs(5))), &good, t).await.unwrap_err();
-    assert!(err.contains("not a replica"), "{err}");
+    assert!(err.reason().contains("not a replica"), "{err:?}");
     let replica = ferry::sandbox::MariaDb::start_idle_replica(
         ferry::sandbox::MariaDbOptions::test("probe-replica", 402, 4),
         ferry::sandbox::ServerDir::temp("probe-replica").unwrap(),
@@ -341,5 +344,5 @@ async fn each_probe_kind_tells_healthy_from_not() {
     let mut root = replica.root_conn().await.unwrap();
     root.query_drop("STOP SLAVE").await.unwrap();
     let err = probe(&lagging, &good, t).await.unwrap_err();
-    assert!(err.contains("not running"), "{err}");
+    assert!(err.reason().contains("not running"), "{err:?}");
 }

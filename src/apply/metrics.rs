@@ -52,6 +52,8 @@ pub struct ApplyMetrics {
     pub lag: Family<OriginLabels, Gauge<f64, AtomicU64>>,
     pub e2e_lag: Family<OriginLabels, Gauge<f64, AtomicU64>>,
     pub paused: Family<OriginLabels, Gauge>,
+    pub gap: Family<OriginLabels, Gauge>,
+    pub superseded: Family<OriginLabels, Counter>,
     pub backlog: Family<OriginLabels, Gauge>,
 }
 
@@ -68,6 +70,8 @@ impl ApplyMetrics {
         metrics.register(names::APPLY_LAG, m.lag.clone());
         metrics.register(names::APPLY_E2E_LAG, m.e2e_lag.clone());
         metrics.register(names::APPLY_PAUSED, m.paused.clone());
+        metrics.register(names::APPLY_GAP, m.gap.clone());
+        metrics.register(names::APPLY_SUPERSEDED, m.superseded.clone());
         metrics.register(names::APPLY_BACKLOG, m.backlog.clone());
         m
     }

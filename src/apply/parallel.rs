@@ -370,6 +370,7 @@ mod tests {
             origin: Origin { region: "east".into(), server_id: 101, gtid: "1-101-1".parse().unwrap() },
             commit_time_us: 0,
             seq: 0,
+            prev: None,
             rows,
             first_offset: 0,
             last_offset: 0,

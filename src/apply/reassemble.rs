@@ -2,12 +2,19 @@
 //!
 //! Records arrive in topic order and may repeat (capture resends from its checkpoint after a
 //! restart, starting again at record 0 of a transaction). A transaction is complete at its
-//! `last` record. Anything that cannot form a transaction (a gap in record indexes, a new
-//! transaction before the previous one's last record, a first record that is not 0) is
-//! reported as broken, with the offsets it spans, for the dead-letter queue: never skipped
-//! silently.
+//! `last` record.
+//!
+//! A capture that dies while publishing a multi-record transaction leaves its first records in
+//! the topic, followed by the resend from its checkpoint: record 0 of a transaction that is
+//! *not after* the open one in the origin's order (same GTID domain or server UUID, sequence
+//! not greater). The partial transaction is then superseded (the resend carries it whole
+//! later): reported as such, for a metric, never dead-lettered.
+//!
+//! Anything else that cannot form a transaction (a gap in record indexes, a later transaction
+//! before the previous one's last record, a first record that is not 0) is reported as broken,
+//! with the offsets it spans, for the dead-letter queue: never skipped silently.
 
-use crate::model::RowChange;
+use crate::model::{Gtid, RowChange};
 use crate::transport::envelope::{Envelope, Origin};
 
 /// A complete origin transaction.
@@ -16,6 +23,8 @@ pub struct Transaction {
     pub origin: Origin,
     pub commit_time_us: i64,
     pub seq: u64,
+    /// The origin's previous published transaction, when capture named it.
+    pub prev: Option<Gtid>,
     pub rows: Vec<RowChange>,
     /// Offsets of its first and last record in the topic.
     pub first_offset: i64,
@@ -28,6 +37,13 @@ pub enum Assembled {
     /// Records that cannot form a transaction, with why and where.
     Broken {
         reason: String,
+        gtid: String,
+        first_offset: i64,
+        last_offset: i64,
+    },
+    /// The first records of a transaction that capture sent again from its checkpoint (the
+    /// resend carries it whole): dropped, counted, not an error.
+    Superseded {
         gtid: String,
         first_offset: i64,
         last_offset: i64,
@@ -45,7 +61,16 @@ impl Reassembler {
     pub fn feed(&mut self, env: Envelope, offset: i64) -> Vec<Assembled> {
         let mut out = Vec::new();
         if let Some(open) = &self.open {
-            if open.origin.gtid != env.origin.gtid {
+            if open.origin.gtid != env.origin.gtid
+                && env.record == 0
+                && open.origin.gtid.covers(&env.origin.gtid)
+            {
+                out.extend(self.open.take().map(|t| Assembled::Superseded {
+                    gtid: t.origin.gtid.to_string(),
+                    first_offset: t.first_offset,
+                    last_offset: t.last_offset,
+                }));
+            } else if open.origin.gtid != env.origin.gtid {
                 let broken = self.open.take().map(|t| Assembled::Broken {
                     reason: format!(
                         "transaction ended without its last record (after record {})",
@@ -79,6 +104,7 @@ impl Reassembler {
                 origin: env.origin,
                 commit_time_us: env.commit_time_us,
                 seq: env.seq,
+                prev: env.prev,
                 rows: env.rows,
                 first_offset: offset,
                 last_offset: offset,
@@ -126,6 +152,7 @@ mod tests {
             },
             commit_time_us: 1,
             seq,
+            prev: None,
             record,
             rows: row_ids
                 .iter()
@@ -181,6 +208,26 @@ mod tests {
         r.feed(env(7, 1, false, &[2]), 14);
         let t = complete(r.feed(env(7, 2, true, &[3]), 15));
         assert_eq!((ids(&t), t.first_offset), (vec![1, 2, 3], 13));
+    }
+
+    #[test]
+    fn a_partial_transaction_followed_by_capture_resending_from_its_checkpoint_is_superseded() {
+        // Capture died after record 1 of 9; it restarts at its checkpoint (after 5) and sends
+        // 6, 7, 8 and 9 again, 9 whole this time.
+        let mut r = Reassembler::default();
+        r.feed(env(9, 0, false, &[1]), 10);
+        r.feed(env(9, 1, false, &[2]), 11);
+        let out = r.feed(env(6, 0, true, &[6]), 12);
+        assert!(
+            matches!(&out[0], Assembled::Superseded { gtid, first_offset: 10, last_offset: 11 } if gtid == "1-101-9"),
+            "{out:?}"
+        );
+        assert_eq!(ids(&complete(out[1..].to_vec())), vec![6]);
+        assert_eq!(ids(&complete(r.feed(env(7, 0, true, &[7]), 13))), vec![7]);
+        r.feed(env(9, 0, false, &[1]), 14);
+        r.feed(env(9, 1, false, &[2]), 15);
+        let t = complete(r.feed(env(9, 2, true, &[3]), 16));
+        assert_eq!((ids(&t), t.first_offset), (vec![1, 2, 3], 14));
     }
 
     #[test]

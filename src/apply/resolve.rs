@@ -796,6 +796,7 @@ fn inserts(into: &str, cols: &[String], rows: Vec<Tuple>, tail: &str) -> Vec<Sta
             Statement {
                 sql: format!("INSERT INTO {into} ({}) VALUES {}{tail}", names.join(", "), tuples.join(", ")),
                 params: chunk.iter().flatten().map(|(_, v)| v.clone()).collect(),
+                finds: None,
             }
         })
         .collect()
@@ -808,6 +809,7 @@ fn deletes(from: &str, cols: &[String], rows: Vec<Vec<MyValue>>) -> Vec<Statemen
         .map(|chunk| Statement {
             sql: format!("DELETE FROM {from} WHERE {}", conditions(cols, chunk.len()).1),
             params: chunk.iter().flatten().cloned().collect(),
+            finds: None,
         })
         .collect()
 }
@@ -899,6 +901,7 @@ impl Plan {
                     bumps.push(Statement {
                         sql: format!("UPDATE {table} SET {} WHERE {}", sets.join(", "), cond.join(" AND ")),
                         params,
+                        finds: None,
                     });
                 }
                 _ => {}

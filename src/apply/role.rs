@@ -16,6 +16,7 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::admit::Admission;
 use super::collect::Collector;
 use super::metrics::{ApplyMetrics, ConflictLabels, OriginKindLabels, OriginLabels, OriginTableLabels};
 use super::parallel::{KeyTracker, Sequencer, row_keys};
@@ -24,7 +25,7 @@ use super::target::{ApplyError, GroupOutcome, Statements, Target};
 use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
 use crate::conflict::Rules;
-use crate::model::Value;
+use crate::model::{Gtid, Value};
 use crate::status::RoleState;
 use crate::transport::envelope::Envelope;
 use crate::transport::kafka::{client_config, ensure_topic};
@@ -48,7 +49,7 @@ pub struct ApplyRole {
     /// The origin region's brokers (its topic lives there).
     origin_bootstrap: Vec<String>,
     /// This region's brokers (the dead-letter topic lives here).
-    local_bootstrap: Vec<String>,
+    local_kafka: crate::config::KafkaConfig,
     on_error: OnError,
     /// Connections applying this origin's groups (see `parallel`).
     workers: usize,
@@ -59,6 +60,8 @@ pub struct ApplyRole {
     /// schema (the first apply role does).
     collects: bool,
     config: Arc<Config>,
+    /// What the origin's transactions may claim and write.
+    admission: Admission,
     metrics: ApplyMetrics,
 }
 
@@ -79,13 +82,14 @@ impl ApplyRole {
                 region: config.region.clone(),
                 local: local.mysql.clone(),
                 origin_bootstrap: remote.kafka.bootstrap.clone(),
-                local_bootstrap: local.kafka.bootstrap.clone(),
+                local_kafka: local.kafka.clone(),
                 on_error: apply.on_error,
                 workers: apply.workers.max(1),
                 max_group: apply.max_group_transactions.max(1),
                 rules: rules.clone(),
                 collects: i == 0,
                 config: shared.clone(),
+                admission: Admission::new(origin, &remote.mysql, apply.schemas.as_deref()),
                 metrics: metrics.clone(),
             })
             .collect()
@@ -109,7 +113,8 @@ impl ApplyRole {
         let mut target = Target::connect(primary.clone(), self.local.flavor).await?;
         target.ensure_schema().await?;
         let topic = changes_topic(&self.origin);
-        let start = match target.applied(&self.origin).await? {
+        let applied = target.applied(&self.origin).await?;
+        let start = match &applied {
             Some(done) => Offset::Offset(done.offset + 1),
             None => Offset::Beginning,
         };
@@ -123,11 +128,30 @@ impl ApplyRole {
         let mut assignment = TopicPartitionList::new();
         assignment.add_partition_offset(&topic, PARTITION, start).map_err(|e| transient("assignment", &e))?;
         consumer.assign(&assignment).map_err(|e| transient("assigning the partition", &e))?;
+        // The first record read must be the one asked for: retention or a recreated topic
+        // would otherwise make the consumer jump silently.
+        let mut start_gap = None;
+        let mut expect_offset = match start {
+            Offset::Offset(o) => Some(o),
+            _ => None,
+        };
+        if let Some(o) = expect_offset {
+            let (c, t) = (consumer.clone(), topic.clone());
+            let marks =
+                tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, PARTITION, WATERMARK_TIMEOUT))
+                    .await
+                    .map_err(|e| transient("reading the topic's offsets", &e))?
+                    .map_err(|e| transient("reading the topic's offsets", &e))?;
+            start_gap = offsets_gap(o, marks);
+        }
+        // The last origin transaction seen in order: the next one must name it (or an
+        // earlier one) as its predecessor.
+        let mut chain: Option<Gtid> = applied.as_ref().map(|a| a.gtid.clone());
         let dlq_name = dlq_topic(&self.region);
-        ensure_topic(&self.local_bootstrap, &dlq_name, 1)
+        ensure_topic(&self.local_kafka, &dlq_name, 1)
             .await
             .map_err(|e| transient("dead-letter topic", &e))?;
-        let dlq: FutureProducer = client_config(&self.local_bootstrap)
+        let dlq: FutureProducer = client_config(&self.local_kafka.bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
             .create()
@@ -146,6 +170,10 @@ impl ApplyRole {
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
         );
+        if let Some(reason) = start_gap {
+            self.stop_on_gap(&reason, applied.as_ref().map(|a| &a.gtid), ctx);
+            return Ok(Some(backlog));
+        }
         if self.collects {
             self.warn_about_schema(&mut target).await;
         }
@@ -190,27 +218,37 @@ impl ApplyRole {
             sequencer.dispatched(*dispatched);
             self.run_group(target, *dispatched, after, group, &session)
         };
-        // A record that cannot form a transaction: everything before it is applied first, and
-        // nothing after it until it is parked (and then only if the policy is to skip).
-        let mut parked: Option<(DeadLetter, &'static str)> = None;
+        // Records that cannot form an admissible transaction, or a gap: everything before them
+        // is applied first, and nothing after them until each is parked (and then only if the
+        // policy is to skip; a gap always stops).
+        let mut parked: Vec<Stop> = Vec::new();
         let mut held: Vec<Transaction> = Vec::new();
         loop {
             let full = {
                 let rows: usize = group.iter().map(|t| t.rows.len()).sum();
                 !group.is_empty() && (!groups || group.len() >= self.max_group || rows >= MAX_GROUP_ROWS)
             };
-            if (full || (parked.is_some() && !group.is_empty())) && !idle.is_empty() {
+            if (full || (!parked.is_empty() && !group.is_empty())) && !idle.is_empty() {
                 running.push(dispatch(&mut group, &mut idle, &mut tracker, &mut dispatched));
                 continue;
             }
-            if let Some((letter, kind)) = parked.take_if(|_| group.is_empty() && running.is_empty()) {
-                if self.park(&dlq, &dlq_name, letter, kind, ctx).await? {
-                    return Ok(Some(backlog));
+            if !parked.is_empty() && group.is_empty() && running.is_empty() {
+                for stop in std::mem::take(&mut parked) {
+                    let paused = match stop {
+                        Stop::Letter(letter, kind) => self.park(&dlq, &dlq_name, letter, kind, ctx).await?,
+                        Stop::Gap(reason) => {
+                            self.stop_on_gap(&reason, chain.as_ref(), ctx);
+                            true
+                        }
+                    };
+                    if paused {
+                        return Ok(Some(backlog));
+                    }
                 }
                 group = std::mem::take(&mut held);
                 continue;
             }
-            let receive = !full && parked.is_none();
+            let receive = !full && parked.is_empty();
             let event = tokio::select! {
                 biased;
                 _ = ctx.shutdown.cancelled() => return Ok(None),
@@ -243,23 +281,64 @@ impl ApplyRole {
             let offset = message.offset();
             let payload = message.payload().unwrap_or_default().to_vec();
             drop(message);
+            if let Some(expected) = expect_offset.take()
+                && offset != expected
+            {
+                parked.push(Stop::Gap(format!(
+                    "asked the topic for offset {expected} (after the last applied), got offset {offset}: \
+                     records were deleted or the topic was recreated"
+                )));
+                continue;
+            }
             let envelope = match Envelope::parse(&payload) {
                 Ok(e) => e,
                 Err(e) => {
-                    parked = Some((DeadLetter::record(&topic, offset, &e.to_string(), &payload), "decode"));
+                    parked.push(Stop::Letter(
+                        DeadLetter::record(&topic, offset, &e.to_string(), &payload),
+                        "decode",
+                    ));
                     continue;
                 }
             };
             for assembled in reassembler.feed(envelope, offset) {
-                match assembled {
-                    Assembled::Complete(txn) if parked.is_some() => held.push(txn),
-                    Assembled::Complete(txn) => group.push(txn),
+                let txn = match assembled {
+                    Assembled::Complete(txn) => txn,
+                    Assembled::Superseded { gtid, first_offset, last_offset } => {
+                        self.metrics.superseded.get_or_create(&self.labels()).inc();
+                        tracing::info!(origin = %self.origin, %gtid, first_offset, last_offset,
+                            "partial transaction superseded by capture's resend");
+                        continue;
+                    }
                     Assembled::Broken { reason, gtid, first_offset, last_offset } => {
                         // Transactions completed before it are still applied first; what
-                        // follows it waits (the reassembler has moved past it).
+                        // follows it waits (the reassembler has moved past it). The dead
+                        // letter accounts for it: the chain moves past it.
+                        if let Ok(g) = gtid.parse::<Gtid>()
+                            && !chain.as_ref().is_some_and(|c| c.covers(&g))
+                        {
+                            chain = Some(g);
+                        }
                         let letter = DeadLetter::sequence(&topic, &gtid, first_offset, last_offset, &reason);
-                        parked = Some((letter, "sequence"));
+                        parked.push(Stop::Letter(letter, "sequence"));
+                        continue;
                     }
+                };
+                if !chain.as_ref().is_some_and(|c| c.covers(&txn.origin.gtid)) {
+                    if let Some(reason) = chain_gap(chain.as_ref(), &txn) {
+                        parked.push(Stop::Gap(reason));
+                        break;
+                    }
+                    chain = Some(txn.origin.gtid.clone());
+                }
+                if let Err(reason) = self.admission.check(&txn) {
+                    parked.push(Stop::Letter(
+                        DeadLetter::transaction(&topic, &txn, &reason, "refused"),
+                        "refused",
+                    ));
+                } else if parked.is_empty() {
+                    group.push(txn);
+                } else {
+                    held.push(txn);
                 }
             }
         }
@@ -293,7 +372,7 @@ impl ApplyRole {
         let next = group.last().map(|t| t.last_offset + 1).unwrap_or_default();
         loop {
             let aborts = sequencer.ready(seq, after).await;
-            match target.stage(&group, Statements::Batched).await {
+            match target.stage(&self.origin, &group, Statements::Batched).await {
                 Ok(staged) => {
                     if !sequencer.my_turn(seq, aborts).await {
                         // A group before this one needs a lock it holds: roll back, go again alone.
@@ -352,7 +431,7 @@ impl ApplyRole {
         match self.apply_retrying(target, group, Statements::InOrder, session).await? {
             Ok(()) => return Ok(false),
             Err(reason) if group.len() == 1 => {
-                let parked = DeadLetter::transaction(topic, &group[0], &reason);
+                let parked = DeadLetter::transaction(topic, &group[0], &reason, "apply");
                 return self.park(dlq, dlq_name, parked, "apply", ctx).await;
             }
             Err(_) => {}
@@ -361,7 +440,7 @@ impl ApplyRole {
             if let Err(reason) =
                 self.apply_retrying(target, std::slice::from_ref(txn), Statements::InOrder, session).await?
                 && self
-                    .park(dlq, dlq_name, DeadLetter::transaction(topic, txn, &reason), "apply", ctx)
+                    .park(dlq, dlq_name, DeadLetter::transaction(topic, txn, &reason, "apply"), "apply", ctx)
                     .await?
             {
                 return Ok(true);
@@ -381,7 +460,7 @@ impl ApplyRole {
     ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            match target.apply(group, how, session.topic, PARTITION).await {
+            match target.apply(&self.origin, group, how, session.topic, PARTITION).await {
                 Ok(outcome) => {
                     self.applied(&outcome, group, session);
                     return Ok(Ok(()));
@@ -464,6 +543,25 @@ impl ApplyRole {
         seconds(last.commit_time_us)
     }
 
+    /// Stop applying this origin: transactions are missing (never skipped, whatever
+    /// `apply.on_error` says). Shown in `/health/ready`, `/status`, `ferry_apply_gap` and the
+    /// log; a restart checks again.
+    fn stop_on_gap(&self, reason: &str, seen: Option<&Gtid>, ctx: &RoleContext) {
+        self.metrics.gap.get_or_create(&self.labels()).set(1);
+        self.metrics.paused.get_or_create(&self.labels()).set(1);
+        tracing::error!(origin = %self.origin, %reason, "gap in the origin's stream: applying stopped (see docs/operations.md)");
+        ctx.reporter.set_details(serde_json::json!({
+            "origin": self.origin,
+            "paused": true,
+            "gap": true,
+            "reason": reason,
+            "last_seen_gtid": seen.map(|g| g.to_string()),
+        }));
+        ctx.reporter.set(RoleState::NotReady {
+            reason: format!("stopped: gap in {}'s stream: {reason}", self.origin),
+        });
+    }
+
     /// Write to the dead-letter topic; returns true when the policy is to pause.
     async fn park(
         &self,
@@ -509,6 +607,47 @@ struct Session<'a> {
     dlq_name: &'a str,
     ctx: &'a RoleContext,
     sequencer: &'a Sequencer,
+}
+
+/// Why the session loop stops taking new records until what came before is applied.
+enum Stop {
+    /// Park this in the dead-letter topic (then pause or skip, per `apply.on_error`).
+    Letter(DeadLetter, &'static str),
+    /// Transactions are missing from the topic: stop applying this origin, whatever the policy.
+    Gap(String),
+}
+
+/// How long reading the topic's watermarks may take at session start.
+const WATERMARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gap between the next offset to apply and what the topic holds (`(low, high)`
+/// watermarks), if any.
+fn offsets_gap(next: i64, (low, high): (i64, i64)) -> Option<String> {
+    if next < low {
+        Some(format!(
+            "the topic no longer holds offsets {next}..{low} (retention deleted them before they were applied here)"
+        ))
+    } else if next > high {
+        Some(format!(
+            "the topic ends at offset {high} but ferry.applied says offset {} was applied: the topic was recreated",
+            next - 1
+        ))
+    } else {
+        None
+    }
+}
+
+/// A gap in the origin's order: `txn` (not yet applied) names a predecessor that is not the
+/// last one seen here.
+fn chain_gap(seen: Option<&Gtid>, txn: &Transaction) -> Option<String> {
+    let (seen, prev) = (seen?, txn.prev.as_ref()?);
+    (!seen.covers(prev)).then(|| {
+        format!(
+            "transaction {} at offset {} follows {prev} at its origin, but the last transaction seen here is {seen}: \
+             the transactions between are missing from the topic",
+            txn.origin.gtid, txn.first_offset
+        )
+    })
 }
 
 /// How a group ended.
@@ -578,9 +717,9 @@ impl DeadLetter {
         }))
     }
 
-    fn transaction(topic: &str, txn: &Transaction, reason: &str) -> Self {
+    fn transaction(topic: &str, txn: &Transaction, reason: &str, kind: &str) -> Self {
         Self(serde_json::json!({
-            "v": 1, "kind": "apply", "reason": reason, "topic": topic, "partition": PARTITION,
+            "v": 1, "kind": kind, "reason": reason, "topic": topic, "partition": PARTITION,
             "gtid": txn.origin.gtid.to_string(), "first_offset": txn.first_offset, "last_offset": txn.last_offset,
             "rows": txn.rows,
         }))

@@ -12,6 +12,10 @@ use crate::model::{Op, Row, RowChange, Value};
 pub struct Statement {
     pub sql: String,
     pub params: Vec<MyValue>,
+    /// The rows it must find (affected rows, counted as found with `CLIENT_FOUND_ROWS`):
+    /// an update or delete of the origin's row that finds nothing here is an error, never a
+    /// silent no-op. None: not checked.
+    pub finds: Option<u64>,
 }
 
 /// `` `name` `` with backticks doubled.
@@ -30,6 +34,16 @@ pub fn placeholder(v: &Value) -> &'static str {
             "CONVERT(? USING utf8mb4)"
         }
         _ => "?",
+    }
+}
+
+/// The placeholder for a value compared with a column: text is compared in `utf8mb4_bin`, an
+/// explicit collation, so the column's own collation (whatever it is) never clashes with the
+/// converted parameter's (MariaDB error 1267), and the before image is found byte for byte.
+pub fn matcher(v: &Value) -> &'static str {
+    match placeholder(v) {
+        "?" => "?",
+        _ => "CONVERT(? USING utf8mb4) COLLATE utf8mb4_bin",
     }
 }
 
@@ -81,6 +95,7 @@ pub fn upsert(change: &RowChange) -> Option<Statement> {
             updates.join(", ")
         ),
         params: cols.iter().map(|(_, v)| bind(v)).collect(),
+        finds: None,
     })
 }
 
@@ -93,8 +108,7 @@ fn locate(change: &RowChange, before: &Row) -> (String, Vec<MyValue>, &'static s
     } else {
         before.0.iter().filter(|(c, _)| key_cols.contains(&c.as_str())).collect()
     };
-    let conds: Vec<String> =
-        cols.iter().map(|(c, v)| format!("{} <=> {}", quote(c), placeholder(v))).collect();
+    let conds: Vec<String> = cols.iter().map(|(c, v)| format!("{} <=> {}", quote(c), matcher(v))).collect();
     let limit = if key_cols.is_empty() { " LIMIT 1" } else { "" };
     (conds.join(" AND "), cols.iter().map(|(_, v)| bind(v)).collect(), limit)
 }
@@ -111,6 +125,7 @@ pub fn update(change: &RowChange) -> Option<Statement> {
     Some(Statement {
         sql: format!("UPDATE {} SET {} WHERE {cond}{limit}", table(change), assignments.join(", ")),
         params,
+        finds: Some(1),
     })
 }
 
@@ -118,14 +133,27 @@ pub fn update(change: &RowChange) -> Option<Statement> {
 pub fn delete(change: &RowChange) -> Option<Statement> {
     let before = change.before.as_ref()?;
     let (cond, params, limit) = locate(change, before);
-    Some(Statement { sql: format!("DELETE FROM {} WHERE {cond}{limit}", table(change)), params })
+    Some(Statement {
+        sql: format!("DELETE FROM {} WHERE {cond}{limit}", table(change)),
+        params,
+        finds: Some(1),
+    })
+}
+
+/// ferry's own rows (the heartbeat): each region writes only its own, and only the latest state
+/// matters; the row can predate capture (its first captured change an update), so it is
+/// written by state, never required to exist.
+fn by_state(change: &RowChange) -> bool {
+    change.db == crate::schema::DATABASE
 }
 
 /// The statement for a change as the origin made it.
 pub fn statement(change: &RowChange) -> Option<Statement> {
     match change.op {
         Op::Insert => upsert(change),
+        Op::Update if by_state(change) => upsert(change),
         Op::Update => update(change),
+        Op::Delete if by_state(change) => delete(change).map(|d| Statement { finds: None, ..d }),
         Op::Delete => delete(change),
     }
 }
@@ -196,8 +224,37 @@ mod tests {
 
 /// `(db, table)`
 type TableName<'a> = (&'a str, &'a str);
+/// A keyed row, the image its key is read from, and whether it must exist before the group.
+type KeyedRow<'a> = (&'a RowChange, &'a Row, bool);
+/// Rows per table, in the order the group first touches each table.
+type PerTable<'a> = Vec<(TableName<'a>, Vec<KeyedRow<'a>>)>;
 /// `(db, table, written columns)`: rows with the same shape share one multi-row upsert.
 type UpsertShape<'a> = (&'a str, &'a str, Vec<&'a str>);
+
+/// `VERB table WHERE (k1, k2) IN ((?, ?), …)` for the keys of `rows` (each key read from its
+/// image), which must find the rows marked as existing.
+fn by_keys(verb: &str, rows: &[KeyedRow<'_>]) -> Statement {
+    let (first, _, _) = rows[0];
+    let cols: Vec<&str> = first.key.columns().collect();
+    let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+    let mut params = Vec::new();
+    for (change, image, _) in rows {
+        for c in change.key.columns() {
+            params.push(image.get(c).map(bind).unwrap_or(MyValue::NULL));
+        }
+    }
+    let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
+    Statement {
+        sql: format!(
+            "{verb} {} WHERE ({}) IN ({})",
+            table(first),
+            names.join(", "),
+            vec![tuple.as_str(); rows.len()].join(", ")
+        ),
+        params,
+        finds: Some(rows.iter().filter(|(_, _, must_exist)| *must_exist).count() as u64),
+    }
+}
 
 /// How many rows one multi-row statement carries (well under MySQL's 65,535 placeholders).
 const BATCH_ROWS: usize = 500;
@@ -208,20 +265,26 @@ const BATCH_ROWS: usize = 500;
 /// the old key and an upsert of the new one). Deletes come first (a unique value a deleted row
 /// held may be reused), then upserts, batched per table and column set. Rows of tables without
 /// a primary key keep their order, one statement each.
+///
+/// A row the group first changes by its before image (an update or delete) existed at the
+/// origin, so it must exist here: the statements count them (`Statement::finds`: a `SELECT
+/// COUNT(*)` ahead of the writes for rows that end upserted, the deletes' own affected rows),
+/// and a row that is missing fails the group instead of being silently created or skipped.
 pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statement> {
     enum Final<'a> {
         Upsert(&'a RowChange),
         Delete(&'a RowChange, &'a Row),
     }
-    let mut finals: Vec<((String, String, String), Final<'a>)> = Vec::new();
+    // Per key: its final state, and whether the row must exist before the group.
+    let mut finals: Vec<((String, String, String), Final<'a>, bool)> = Vec::new();
     let mut index: std::collections::HashMap<(String, String, String), usize> =
         std::collections::HashMap::new();
     let mut keyless = Vec::new();
-    let mut set = |id: (String, String, String), f: Final<'a>| match index.get(&id) {
+    let mut set = |id: (String, String, String), f: Final<'a>, by_before: bool| match index.get(&id) {
         Some(&i) => finals[i].1 = f,
         None => {
             index.insert(id.clone(), finals.len());
-            finals.push((id, f));
+            finals.push((id, f, by_before));
         }
     };
     for change in changes {
@@ -231,59 +294,52 @@ pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statem
         }
         let id =
             |row: &Row| (change.db.clone(), change.table.clone(), crate::conflict::key_text(change, row));
+        let must_exist = !by_state(change);
         match (change.op, change.before.as_ref(), change.after.as_ref()) {
-            (Op::Insert, _, Some(after)) => set(id(after), Final::Upsert(change)),
+            (Op::Insert, _, Some(after)) => set(id(after), Final::Upsert(change), false),
             (Op::Update, Some(before), Some(after)) => {
                 let (old, new) = (id(before), id(after));
-                if old != new {
-                    set(old, Final::Delete(change, before));
+                let moved = old != new;
+                if moved {
+                    set(old, Final::Delete(change, before), must_exist);
                 }
-                set(new, Final::Upsert(change));
+                set(new, Final::Upsert(change), must_exist && !moved);
             }
-            (Op::Delete, Some(before), _) => set(id(before), Final::Delete(change, before)),
+            (Op::Delete, Some(before), _) => set(id(before), Final::Delete(change, before), must_exist),
             _ => keyless.push(change),
         }
     }
 
     let mut out = Vec::new();
+    // Rows that end upserted but must exist first: counted before anything is written.
+    let mut checks: PerTable<'_> = Vec::new();
     // Deletes, per table: `DELETE … WHERE (k1, k2) IN ((?, ?), …)`.
-    let mut deletes: Vec<(TableName<'_>, Vec<(&RowChange, &Row)>)> = Vec::new();
-    for (_, f) in &finals {
-        if let Final::Delete(change, before) = f {
-            let t = (change.db.as_str(), change.table.as_str());
-            match deletes.iter_mut().find(|(k, _)| *k == t) {
-                Some((_, v)) => v.push((change, before)),
-                None => deletes.push((t, vec![(change, before)])),
-            }
+    let mut deletes: PerTable<'_> = Vec::new();
+    for (_, f, must_exist) in &finals {
+        let (list, change, image) = match f {
+            Final::Delete(change, before) => (&mut deletes, *change, *before),
+            Final::Upsert(change) if *must_exist => match change.after.as_ref() {
+                Some(after) => (&mut checks, *change, after),
+                None => continue,
+            },
+            Final::Upsert(_) => continue,
+        };
+        let t = (change.db.as_str(), change.table.as_str());
+        match list.iter_mut().find(|(k, _)| *k == t) {
+            Some((_, v)) => v.push((change, image, *must_exist)),
+            None => list.push((t, vec![(change, image, *must_exist)])),
         }
     }
-    for (_, rows) in deletes {
-        for chunk in rows.chunks(BATCH_ROWS) {
-            let (first, _) = chunk[0];
-            let cols: Vec<&str> = first.key.columns().collect();
-            let tuple = format!("({})", vec!["?"; cols.len()].join(", "));
-            let mut params = Vec::new();
-            for (change, before) in chunk {
-                let key_cols: Vec<&str> = change.key.columns().collect();
-                for c in &key_cols {
-                    params.push(before.get(c).map(bind).unwrap_or(MyValue::NULL));
-                }
+    for (verb, lists) in [("SELECT COUNT(*) FROM", checks), ("DELETE FROM", deletes)] {
+        for (_, rows) in lists {
+            for chunk in rows.chunks(BATCH_ROWS) {
+                out.push(by_keys(verb, chunk));
             }
-            let names: Vec<String> = cols.iter().map(|c| quote(c)).collect();
-            out.push(Statement {
-                sql: format!(
-                    "DELETE FROM {} WHERE ({}) IN ({})",
-                    table(first),
-                    names.join(", "),
-                    vec![tuple.as_str(); chunk.len()].join(", ")
-                ),
-                params,
-            });
         }
     }
     // Upserts, per table and column set.
     let mut upserts: Vec<(UpsertShape<'_>, Vec<&RowChange>)> = Vec::new();
-    for (_, f) in &finals {
+    for (_, f, _) in &finals {
         if let Final::Upsert(change) = f
             && let Some(after) = change.after.as_ref()
         {
@@ -322,6 +378,7 @@ pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statem
                     updates.join(", ")
                 ),
                 params,
+                finds: None,
             });
         }
     }
@@ -358,6 +415,11 @@ mod batch_tests {
         assert_eq!(s.len(), 2, "{s:#?}");
         assert_eq!(s[0].sql, "DELETE FROM `psi`.`stock` WHERE (`id`) IN ((?), (?), (?))");
         assert_eq!(s[0].params, vec![MyValue::Int(3), MyValue::Int(4), MyValue::Int(5)]);
+        assert_eq!(
+            s[0].finds,
+            Some(2),
+            "rows 3 and 5 existed at the origin; row 4 was inserted in the group"
+        );
         assert!(s[1].sql.starts_with("INSERT INTO `psi`.`stock` (`id`, `qty`) VALUES (?, ?), (?, ?), (?, ?) ON DUPLICATE KEY UPDATE"), "{}", s[1].sql);
         assert_eq!(
             s[1].params,
@@ -371,5 +433,36 @@ mod batch_tests {
             ],
             "row 1's final image, row 2, and the moved row under its new key"
         );
+        assert_eq!(s[1].finds, None);
+    }
+
+    #[test]
+    fn ferrys_heartbeat_is_written_by_state_and_never_required_to_exist() {
+        let mut beat = change(Op::Update, Some(row(1, 1)), Some(row(1, 2)));
+        beat.db = "ferry".into();
+        beat.table = "heartbeat".into();
+        let one = statement(&beat).unwrap();
+        assert!(one.sql.starts_with("INSERT INTO `ferry`.`heartbeat`"), "{}", one.sql);
+        assert_eq!(one.finds, None);
+        let s = batch([&beat]);
+        assert_eq!(s.len(), 1, "{s:#?}");
+        assert!(s[0].sql.starts_with("INSERT INTO `ferry`.`heartbeat`"), "{}", s[0].sql);
+        assert_eq!(s[0].finds, None);
+    }
+
+    #[test]
+    fn rows_the_group_first_changes_by_their_before_image_must_exist_before_anything_is_written() {
+        let changes = vec![
+            change(Op::Update, Some(row(7, 1)), Some(row(7, 2))),
+            change(Op::Insert, None, Some(row(8, 1))),
+            change(Op::Update, Some(row(8, 1)), Some(row(8, 3))),
+            change(Op::Update, Some(row(9, 1)), Some(row(9, 0))),
+        ];
+        let s = batch(&changes);
+        assert_eq!(s.len(), 2, "{s:#?}");
+        assert_eq!(s[0].sql, "SELECT COUNT(*) FROM `psi`.`stock` WHERE (`id`) IN ((?), (?))");
+        assert_eq!(s[0].params, vec![MyValue::Int(7), MyValue::Int(9)], "row 8 was inserted in the group");
+        assert_eq!(s[0].finds, Some(2));
+        assert!(s[1].sql.starts_with("INSERT INTO"), "{}", s[1].sql);
     }
 }

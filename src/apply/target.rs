@@ -19,7 +19,7 @@ use super::resolve::{self, Recorded, Sourced};
 use super::sql;
 use crate::config::Flavor;
 use crate::conflict::Rules;
-use crate::model::Gtid;
+use crate::model::{Gtid, RowChange};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApplyError {
@@ -97,6 +97,9 @@ pub struct Target {
 
 impl Target {
     pub async fn connect(opts: Opts, flavor: Flavor) -> Result<Self, ApplyError> {
+        // Affected rows count the rows a statement found, changed or not: an update or delete
+        // that finds nothing is then told apart from one that changed nothing.
+        let opts = mysql_async::OptsBuilder::from_opts(opts).client_found_rows(true);
         let mut conn =
             Conn::new(opts).await.map_err(|e| ApplyError::from_sql("connecting to the local primary", e))?;
         // UTC for temporal literals, the binary charset so bound bytes are never reinterpreted,
@@ -188,25 +191,32 @@ impl Target {
     /// left out. On MySQL, where `gtid_next` names exactly one transaction, apply groups of one.
     pub async fn apply(
         &mut self,
+        origin: &str,
         group: &[Transaction],
         how: Statements,
         topic: &str,
         partition: i32,
     ) -> Result<GroupOutcome, ApplyError> {
-        let staged = self.stage(group, how).await?;
+        let staged = self.stage(origin, group, how).await?;
         self.finish(staged, topic, partition).await
     }
 
     /// The first half of `apply`: open the local transaction under the group's identity and
     /// write its rows, leaving it uncommitted (parallel apply commits in origin order). On an
-    /// error the transaction is rolled back.
-    pub async fn stage(&mut self, group: &[Transaction], how: Statements) -> Result<Staged, ApplyError> {
-        let Some(first) = group.first() else { return Ok(Staged::default()) };
-        let done = self.applied(&first.origin.region).await?;
-        let fresh: Vec<&Transaction> = group
-            .iter()
-            .filter(|t| !done.as_ref().is_some_and(|d| covers(&d.gtid, &t.origin.gtid)))
-            .collect();
+    /// error the transaction is rolled back. Progress is kept under `origin`, the topic's
+    /// origin (never a region a record names).
+    pub async fn stage(
+        &mut self,
+        origin: &str,
+        group: &[Transaction],
+        how: Statements,
+    ) -> Result<Staged, ApplyError> {
+        if group.is_empty() {
+            return Ok(Staged::default());
+        }
+        let done = self.applied(origin).await?;
+        let fresh: Vec<&Transaction> =
+            group.iter().filter(|t| !done.as_ref().is_some_and(|d| d.gtid.covers(&t.origin.gtid))).collect();
         let mut staged = Staged {
             outcome: GroupOutcome { duplicates: group.len() - fresh.len(), ..GroupOutcome::default() },
             last: None,
@@ -222,7 +232,7 @@ impl Target {
         }
         staged.outcome.applied = fresh.len();
         staged.outcome.rows = fresh.iter().map(|t| t.rows.len()).sum();
-        staged.last = Some((last.origin.region.clone(), last.origin.gtid.clone(), last.last_offset));
+        staged.last = Some((origin.to_string(), last.origin.gtid.clone(), last.last_offset));
         Ok(staged)
     }
 
@@ -295,7 +305,13 @@ impl Target {
         let mut conflicts = Vec::new();
         match how {
             Statements::Batched => {
-                let plain = sourced.iter().zip(&ruled).filter(|(_, r)| !**r).map(|(s, _)| s.change);
+                let plain: Vec<&RowChange> =
+                    sourced.iter().zip(&ruled).filter(|(_, r)| !**r).map(|(s, _)| s.change).collect();
+                // Batching keeps only what it can write: a change it could not is an error
+                // here too, never dropped.
+                if let Some(unwritable) = plain.iter().find(|c| sql::statement(c).is_none()) {
+                    return Err(nothing_to_write(unwritable));
+                }
                 self.run(sql::batch(plain)).await?;
                 // Per table, in the order the group first touches it.
                 let mut tables: Vec<((&str, &str), Vec<Sourced<'_>>)> = Vec::new();
@@ -315,7 +331,8 @@ impl Target {
                     if governed {
                         conflicts.extend(self.resolve(std::slice::from_ref(s), now_us).await?);
                     } else {
-                        self.run(sql::statement(s.change)).await?;
+                        let statement = sql::statement(s.change).ok_or_else(|| nothing_to_write(s.change))?;
+                        self.run([statement]).await?;
                     }
                 }
             }
@@ -356,27 +373,47 @@ impl Target {
     }
 }
 
-/// Run `statements` in order on `conn`; an error names the statement's start.
+/// Run `statements` in order on `conn`; an error names the statement's start. A statement
+/// that finds fewer rows than it must (see `Statement::finds`) is a permanent error.
 pub(super) async fn execute(
     conn: &mut Conn,
     statements: impl IntoIterator<Item = sql::Statement>,
 ) -> Result<(), ApplyError> {
     for statement in statements {
         let context = statement.sql.split(" (").next().unwrap_or_default().to_string();
-        conn.exec_drop(&statement.sql, statement.params)
-            .await
-            .map_err(|e| ApplyError::from_sql(&context, e))?;
+        // A read (an existence check) finds what it counts; a write, its affected rows.
+        let found = if statement.sql.starts_with("SELECT") {
+            let count: Option<u64> = conn
+                .exec_first(&statement.sql, statement.params)
+                .await
+                .map_err(|e| ApplyError::from_sql(&context, e))?;
+            count.unwrap_or(0)
+        } else {
+            conn.exec_drop(&statement.sql, statement.params)
+                .await
+                .map_err(|e| ApplyError::from_sql(&context, e))?;
+            conn.affected_rows()
+        };
+        if let Some(want) = statement.finds
+            && found < want
+        {
+            let context: String = context.split(" WHERE").next().unwrap_or_default().to_string();
+            return Err(ApplyError::Permanent(format!(
+                "{context}: found {found} of the {want} row(s) the origin changed (the row is not here: \
+                 the regions differ)"
+            )));
+        }
     }
     Ok(())
 }
 
-/// `done` (the last applied GTID of an origin) already covers `next`.
-pub(crate) fn covers(done: &Gtid, next: &Gtid) -> bool {
-    match (done, next) {
-        (Gtid::MariaDb(d), Gtid::MariaDb(n)) => d.domain == n.domain && n.seq <= d.seq,
-        (Gtid::MySql { uuid: du, gno: dg }, Gtid::MySql { uuid: nu, gno: ng }) => du == nu && ng <= dg,
-        _ => false,
-    }
+/// A change that yields no statement (no image to write, or only generated columns).
+fn nothing_to_write(change: &RowChange) -> ApplyError {
+    ApplyError::Permanent(format!(
+        "{:?} of {}: the change has nothing to write (no image, or only generated columns)",
+        change.op,
+        change.qualified_table()
+    ))
 }
 
 #[cfg(test)]
@@ -386,6 +423,7 @@ mod tests {
     #[test]
     fn replays_are_recognised_per_domain_or_uuid() {
         let g = |s: &str| s.parse::<Gtid>().unwrap();
+        let covers = |a: &Gtid, b: &Gtid| a.covers(b);
         assert!(covers(&g("1-101-9"), &g("1-101-9")));
         assert!(covers(&g("1-101-9"), &g("1-102-4")), "a promoted replica continues the domain's sequence");
         assert!(!covers(&g("1-101-9"), &g("1-101-10")));

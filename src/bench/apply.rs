@@ -90,7 +90,11 @@ pub async fn run(opts: Options, ferry_bin: &Path) -> anyhow::Result<()> {
         &source,
         &start,
         end,
-        KafkaSink::connect(std::slice::from_ref(&bootstrap), &changes_topic("east")).await?,
+        KafkaSink::connect(
+            &crate::config::KafkaConfig::single_broker(vec![bootstrap.clone()]),
+            &changes_topic("east"),
+        )
+        .await?,
     )
     .await?;
     println!("bench apply: the workload is in ferry.east.changes");

@@ -121,7 +121,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
                 &db,
                 &start,
                 end,
-                KafkaSink::connect(&[b.bootstrap()], &changes_topic("east")).await?,
+                KafkaSink::connect(
+                    &crate::config::KafkaConfig::single_broker(vec![b.bootstrap()]),
+                    &changes_topic("east"),
+                )
+                .await?,
             )
             .await?,
         ),

@@ -8,31 +8,59 @@ use mysql_async::prelude::Queryable;
 
 use super::pipeline::CaptureError;
 use crate::config::Flavor;
-use crate::model::Position;
+use crate::model::{Gtid, Position};
 
 /// The checkpoint row's key.
 pub const STREAM: &str = "capture";
+/// The row holding the last transaction published up to the checkpoint: the first record
+/// published after a restart names it as its predecessor (`prev`), so apply sees a gap.
+pub const PUBLISHED: &str = "capture.published";
 
 fn err(context: &str, e: impl std::fmt::Display) -> CaptureError {
     CaptureError::Checkpoint(format!("{context}: {e}"))
 }
 
-/// The stored checkpoint, if any.
-pub async fn load(conn: &mut Conn) -> Result<Option<Position>, CaptureError> {
-    let text: Option<String> = conn
-        .exec_first("SELECT gtid FROM ferry.capture_checkpoint WHERE stream = ?", (STREAM,))
+/// The stored checkpoint, if any, and the last transaction published up to it (unknown when
+/// an older ferry wrote the checkpoint).
+pub async fn load(conn: &mut Conn) -> Result<Option<(Position, Option<Gtid>)>, CaptureError> {
+    let rows: Vec<(String, String)> = conn
+        .exec("SELECT stream, gtid FROM ferry.capture_checkpoint WHERE stream IN (?, ?)", (STREAM, PUBLISHED))
         .await
         .map_err(|e| err("reading ferry.capture_checkpoint", e))?;
-    text.map(|t| t.parse().map_err(|e| err("stored checkpoint", e))).transpose()
+    let text = |key: &str| rows.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
+    let Some(position) = text(STREAM) else { return Ok(None) };
+    let position = position.parse().map_err(|e| err("stored checkpoint", e))?;
+    let published =
+        text(PUBLISHED).map(|g| g.parse().map_err(|e| err("stored last published", e))).transpose()?;
+    Ok(Some((position, published)))
 }
 
-pub async fn save(conn: &mut Conn, position: &Position) -> Result<(), CaptureError> {
-    conn.exec_drop(
-        "INSERT INTO ferry.capture_checkpoint (stream, gtid) VALUES (?, ?) ON DUPLICATE KEY UPDATE gtid = VALUES(gtid)",
-        (STREAM, position.to_string()),
-    )
-    .await
-    .map_err(|e| err("writing ferry.capture_checkpoint", e))
+/// Store the checkpoint and, when known, the last transaction published up to it (one
+/// statement: both or neither).
+pub async fn save(
+    conn: &mut Conn,
+    position: &Position,
+    published: Option<&Gtid>,
+) -> Result<(), CaptureError> {
+    let result = match published {
+        Some(gtid) => {
+            conn.exec_drop(
+                "INSERT INTO ferry.capture_checkpoint (stream, gtid) VALUES (?, ?), (?, ?) \
+                 ON DUPLICATE KEY UPDATE gtid = VALUES(gtid)",
+                (STREAM, position.to_string(), PUBLISHED, gtid.to_string()),
+            )
+            .await
+        }
+        None => {
+            conn.exec_drop(
+                "INSERT INTO ferry.capture_checkpoint (stream, gtid) VALUES (?, ?) \
+                 ON DUPLICATE KEY UPDATE gtid = VALUES(gtid)",
+                (STREAM, position.to_string()),
+            )
+            .await
+        }
+    };
+    result.map_err(|e| err("writing ferry.capture_checkpoint", e))
 }
 
 /// The server's current binlog position (where capture starts without a checkpoint).

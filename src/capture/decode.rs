@@ -253,11 +253,30 @@ fn parse_rows<'a>(
     let after_cols: Option<Vec<bool>> = event
         .columns_after_image()
         .map(|b| (0..columns).map(|i| b.get(i).as_deref().copied().unwrap_or(false)).collect());
-    let mut buf = ParseBuf(event.rows_data());
+    parse_images(event.rows_data(), before_cols.as_deref(), after_cols.as_deref(), op, shape)
+}
+
+/// Every row of an event's data: each row its before and/or after image. A row that consumes
+/// no bytes (no column present, yet data left) is an error: looping on it would never end.
+fn parse_images<'a>(
+    data: &'a [u8],
+    before_cols: Option<&[bool]>,
+    after_cols: Option<&[bool]>,
+    op: Op,
+    shape: &'a TableShape,
+) -> Result<Vec<RowChange>, DecodeError> {
+    let mut buf = ParseBuf(data);
     let mut out = Vec::new();
     while !buf.is_empty() {
-        let before = before_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
-        let after = after_cols.as_deref().map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
+        let left = buf.0.len();
+        let before = before_cols.map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
+        let after = after_cols.map(|cols| parse_image(&mut buf, cols, shape)).transpose()?;
+        if buf.0.len() == left {
+            return Err(DecodeError::Rows {
+                table: shape.qualified(),
+                reason: format!("a row image with no columns present, {left} bytes of row data left"),
+            });
+        }
         out.push(row_change(shape, op, before, after));
     }
     Ok(out)
@@ -590,6 +609,22 @@ mod tests {
         assert_eq!(unsigned_of(ColumnType::MYSQL_TYPE_TINY, -1), 255);
         assert_eq!(unsigned_of(ColumnType::MYSQL_TYPE_LONG, -1), 4_294_967_295);
         assert_eq!(unsigned_of(ColumnType::MYSQL_TYPE_INT24, -1), 16_777_215);
+    }
+
+    #[test]
+    fn row_data_whose_images_consume_nothing_is_an_error_not_an_endless_loop() {
+        let shape = TableShape { db: "t".into(), table: "x".into(), columns: Vec::new() };
+        let none: &[bool] = &[];
+        for (before, after) in
+            [(Some(none), None), (None, Some(none)), (Some(none), Some(none)), (None, None)]
+        {
+            let got = parse_images(&[1, 2, 3], before, after, Op::Update, &shape);
+            assert!(
+                matches!(&got, Err(DecodeError::Rows { reason, .. }) if reason.contains("no columns present, 3 bytes")),
+                "{got:?}"
+            );
+        }
+        assert_eq!(parse_images(&[], Some(none), None, Op::Delete, &shape).map(|r| r.len()).ok(), Some(0));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use super::source::{BinlogSource, SourceError};
 use super::tombstones::LocalTombstones;
 use super::txn::{AssembleError, Assembler, OriginFilter, Outcome, Step};
 use crate::config::Flavor;
-use crate::model::{Position, RowChange};
+use crate::model::{Gtid, Position, RowChange};
 use crate::transport::envelope::{EnvelopeError, Record, RecordBuilder};
 use crate::transport::kafka::{AckFuture, RecordSink, SinkError};
 
@@ -66,6 +66,9 @@ pub struct Progress {
     pub generation: u64,
     /// Origin commit time of the last acknowledged published transaction.
     pub last_commit_us: Option<i64>,
+    /// The last acknowledged published transaction (stored with the checkpoint: the next
+    /// record published after a restart names it as `prev`).
+    pub published: Option<Gtid>,
 }
 
 /// Which rows to forward (`ferry tail --table`); `None` = all.
@@ -89,7 +92,8 @@ pub struct PipelineSettings {
 struct Mark {
     position: Position,
     counts: bool,
-    commit_us: Option<i64>,
+    /// The published transaction this mark ends, with its commit time.
+    published: Option<(Gtid, i64)>,
 }
 
 struct Pending {
@@ -132,7 +136,13 @@ pub async fn run<S: RecordSink>(
     let mut tombstones = settings.tombstones.clone().map(|rules| LocalTombstones::new(opts.clone(), rules));
     let mut generated = GeneratedColumns::new(opts);
     let mut local = Local { generated: &mut generated, tombstones: tombstones.as_mut() };
-    let result = stream(&mut source, &mut local, settings, start, sink, progress, metrics, shutdown).await;
+    // The first transaction published names the last one published before (kept with the
+    // checkpoint, and handed in as the starting progress).
+    let published = progress.borrow().published.clone();
+    let mut builder = RecordBuilder::new(&settings.region, settings.max_record_bytes).after(published);
+    let result =
+        stream(&mut source, &mut local, settings, start, &mut builder, sink, progress, metrics, shutdown)
+            .await;
     metrics.connected.set(0);
     result
 }
@@ -143,13 +153,13 @@ async fn stream<S: RecordSink>(
     local: &mut Local<'_>,
     settings: &PipelineSettings,
     start: Position,
+    builder: &mut RecordBuilder,
     sink: &mut S,
     progress: &watch::Sender<Progress>,
     metrics: &CaptureMetrics,
     shutdown: &CancellationToken,
 ) -> Result<(), CaptureError> {
     let mut assembler = Assembler::new(settings.origin.clone(), start);
-    let mut builder = RecordBuilder::new(&settings.region, settings.max_record_bytes);
     let budget = Arc::new(Semaphore::new(settings.max_inflight_bytes));
     let (ack_tx, ack_rx) = mpsc::channel::<Pending>(ACK_QUEUE);
     let mut acks = tokio::spawn(await_acks(ack_rx, progress.clone(), metrics.clone()));
@@ -171,7 +181,7 @@ async fn stream<S: RecordSink>(
             Ok(s) => s,
             Err(e) => break Err(e.into()),
         };
-        if let Err(e) = handle_steps(steps, settings, &mut builder, &mut out, local, metrics).await {
+        if let Err(e) = handle_steps(steps, settings, builder, &mut out, local, metrics).await {
             break Err(e);
         }
     };
@@ -240,11 +250,15 @@ async fn handle_steps<S: RecordSink>(
                     }
                 }
                 if outcome == Outcome::Forwarded && builder.has_rows_or_records() {
-                    let mark = Mark { position, counts, commit_us: Some(header.commit_time_us) };
+                    let mark = Mark {
+                        position,
+                        counts,
+                        published: Some((header.gtid.clone(), header.commit_time_us)),
+                    };
                     out.send(builder.finish(&header), Some(mark)).await?;
                 } else {
                     builder.discard();
-                    out.mark(Mark { position, counts, commit_us: None }).await?;
+                    out.mark(Mark { position, counts, published: None }).await?;
                 }
             }
             Step::Statement { header, schema, query } => {
@@ -329,8 +343,9 @@ async fn await_acks(
                 if mark.counts {
                     p.generation += 1;
                 }
-                if let Some(c) = mark.commit_us {
-                    p.last_commit_us = Some(c);
+                if let Some((gtid, commit_us)) = mark.published {
+                    p.last_commit_us = Some(commit_us);
+                    p.published = Some(gtid);
                 }
             });
         }

@@ -7,7 +7,7 @@ use mysql_async::prelude::Queryable;
 
 use super::pipeline::CaptureError;
 use super::txn::OriginFilter;
-use crate::config::Flavor;
+use crate::config::{ConfigProblem, Flavor, MysqlConfig};
 use crate::model::{GtidSet, Position};
 
 fn fail(message: String) -> CaptureError {
@@ -24,6 +24,9 @@ const REQUIRED: &[(&str, &str)] = &[
     ("binlog_format", "ROW"),
     ("binlog_row_image", "FULL"),
     ("binlog_row_metadata", "FULL"),
+    // Every event's CRC32 is verified against what the server computed when it wrote the
+    // event; without checksums a corrupted event could decode into wrong values.
+    ("binlog_checksum", "CRC32"),
 ];
 /// And on MySQL: GTIDs on, whole JSON values in row images.
 const REQUIRED_MYSQL: &[(&str, &str)] = &[("gtid_mode", "ON"), ("binlog_row_value_options", "")];
@@ -78,6 +81,73 @@ pub async fn check_server(
         }
     }
     Ok(())
+}
+
+/// Where the configured identity of `region`'s servers disagrees with the primary `conn` is
+/// connected to: a `gtid_domain_id` (MariaDB) or server UUID (MySQL) that is not the server's
+/// makes capture count every local transaction as another region's and publish nothing, and
+/// a server id that is none of the configured servers' breaks apply's identity check in the
+/// other regions. Each problem names its YAML path and both values.
+pub async fn identity_problems(
+    conn: &mut Conn,
+    region: &str,
+    mysql: &MysqlConfig,
+) -> Result<Vec<ConfigProblem>, mysql_async::Error> {
+    let at = |path: &str| format!("regions.{region}.mysql.{path}");
+    let mut out = Vec::new();
+    let server_id: Option<u32> = conn.query_first("SELECT @@server_id").await?;
+    let configured: Vec<u32> =
+        std::iter::once(&mysql.primary).chain(&mysql.replicas).map(|s| s.server_id).collect();
+    if let Some(id) = server_id.filter(|id| !configured.contains(id)) {
+        out.push(ConfigProblem {
+            path: at("primary.server_id"),
+            message: format!(
+                "the primary has server_id {id}, which is none of the configured servers' ({configured:?})"
+            ),
+        });
+    }
+    match mysql.flavor {
+        Flavor::Mariadb => {
+            let domain: Option<u32> = conn.query_first("SELECT @@gtid_domain_id").await?;
+            if domain.is_some() && domain != mysql.gtid_domain_id {
+                out.push(ConfigProblem {
+                    path: at("gtid_domain_id"),
+                    message: format!(
+                        "is {}, but the primary writes under gtid_domain_id {}: capture would take every local \
+                         transaction for another region's and publish nothing",
+                        mysql.gtid_domain_id.map_or("not set".into(), |d| d.to_string()),
+                        domain.unwrap_or_default()
+                    ),
+                });
+            }
+        }
+        Flavor::Mysql => {
+            let uuid: Option<String> = conn.query_first("SELECT @@server_uuid").await?;
+            let uuid = uuid.unwrap_or_default().to_ascii_lowercase();
+            if !mysql.server_uuids.iter().any(|u| u.eq_ignore_ascii_case(&uuid)) {
+                out.push(ConfigProblem {
+                    path: at("server_uuids"),
+                    message: format!(
+                        "does not list the primary's server_uuid {uuid}: capture would take every local \
+                         transaction for another region's and publish nothing"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Refuse to capture when the configured identity is not the primary's (see
+/// [`identity_problems`]).
+pub async fn check_identity(conn: &mut Conn, region: &str, mysql: &MysqlConfig) -> Result<(), CaptureError> {
+    let problems =
+        identity_problems(conn, region, mysql).await.map_err(|e| sql("reading the server's identity", e))?;
+    if problems.is_empty() {
+        return Ok(());
+    }
+    let text: Vec<String> = problems.iter().map(|p| format!("{}: {}", p.path, p.message)).collect();
+    Err(fail(format!("the configuration does not match the primary: {}", text.join("; "))))
 }
 
 /// One region's `auto_increment_increment` and `auto_increment_offset`.

@@ -15,7 +15,7 @@ use super::{checkpoint, preflight};
 use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{CaptureConfig, Config, MysqlConfig};
 use crate::conflict::Rules;
-use crate::model::Position;
+use crate::model::{Gtid, Position};
 use crate::status::RoleState;
 use crate::transport::changes_topic;
 use crate::transport::kafka::KafkaSink;
@@ -26,7 +26,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct CaptureRole {
     region: String,
     mysql: MysqlConfig,
-    bootstrap: Vec<String>,
+    kafka: crate::config::KafkaConfig,
     capture: CaptureConfig,
     /// The other regions' primaries, for the AUTO_INCREMENT overlap warning.
     others: Vec<(String, MysqlConfig)>,
@@ -41,7 +41,7 @@ impl CaptureRole {
         Some(Self {
             region: config.region.clone(),
             mysql: local.mysql.clone(),
-            bootstrap: local.kafka.bootstrap.clone(),
+            kafka: local.kafka.clone(),
             capture: config.capture.clone()?,
             others: config
                 .regions
@@ -69,7 +69,9 @@ impl CaptureRole {
     }
 
     /// Connect, check and find the start position. Cancelled by shutdown (nothing to drain yet).
-    async fn prepare(&self) -> Result<(Conn, Position, KafkaSink, mysql_async::Opts), CaptureError> {
+    async fn prepare(
+        &self,
+    ) -> Result<(Conn, Position, Option<Gtid>, KafkaSink, mysql_async::Opts), CaptureError> {
         // After a failover the primary is another server: find it each session. Its binlog has
         // the same GTIDs (log_slave_updates), so capture resumes from the checkpoint there.
         let opts =
@@ -80,26 +82,33 @@ impl CaptureRole {
         let flavor = self.mysql.flavor;
         let host = pipeline::report_host(&self.region);
         preflight::check_server(&mut conn, flavor, self.capture.server_id, &host).await?;
-        let start = match checkpoint::load(&mut conn).await? {
-            Some(saved) => preflight::resume(&mut conn, flavor, &saved, &self.mysql.origin_filter()).await?,
+        preflight::check_identity(&mut conn, &self.region, &self.mysql).await?;
+        let (start, published) = match checkpoint::load(&mut conn).await? {
+            Some((saved, published)) => {
+                (preflight::resume(&mut conn, flavor, &saved, &self.mysql.origin_filter()).await?, published)
+            }
             None => {
                 let now = checkpoint::current_position(&mut conn, flavor).await?;
                 tracing::info!(position = %now, "no checkpoint: capture starts at the current binlog position");
-                checkpoint::save(&mut conn, &now).await?;
-                now
+                checkpoint::save(&mut conn, &now, None).await?;
+                (now, None)
             }
         };
-        let sink = KafkaSink::connect(&self.bootstrap, &changes_topic(&self.region)).await?;
-        Ok((conn, start, sink, opts))
+        let sink = KafkaSink::connect(&self.kafka, &changes_topic(&self.region)).await?;
+        Ok((conn, start, published, sink, opts))
     }
 
     async fn session(&self, ctx: &RoleContext) -> Result<(), CaptureError> {
-        let (conn, start, mut sink, opts) = tokio::select! {
+        let (conn, start, published, mut sink, opts) = tokio::select! {
             biased;
             _ = ctx.shutdown.cancelled() => return Ok(()),
             prepared = self.prepare() => prepared?,
         };
-        let (progress, watcher) = watch::channel(Progress { position: start.clone(), ..Progress::default() });
+        let (progress, watcher) = watch::channel(Progress {
+            position: start.clone(),
+            published: published.clone(),
+            ..Progress::default()
+        });
         let stop_writer = CancellationToken::new();
         let writer = tokio::spawn(write_checkpoints(
             conn,
@@ -199,7 +208,7 @@ async fn write_checkpoints(
         };
         let current = progress.borrow().clone();
         if current.generation != written {
-            checkpoint::save(&mut conn, &current.position).await?;
+            checkpoint::save(&mut conn, &current.position, current.published.as_ref()).await?;
             written = current.generation;
             metrics.checkpoint_moved_now();
         }

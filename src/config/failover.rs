@@ -8,13 +8,37 @@ use serde::{Deserialize, Serialize};
 
 use super::Secret;
 
+/// How much a promotion may lose: a number of transactions against the old primary's last
+/// known position, or `any` (also when that position is unknown).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum LossBudget {
+    Transactions(u64),
+    Any(AnyLoss),
+}
+
+impl Default for LossBudget {
+    fn default() -> Self {
+        LossBudget::Transactions(0)
+    }
+}
+
+/// The word `any`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AnyLoss {
+    Any,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FailoverConfig {
     /// The most transactions of the failed primary's last known position a promotion may
-    /// lose (default 0: with semi-sync replication an acknowledged commit is on a replica).
+    /// lose (default 0: with semi-sync replication an acknowledged commit is on a replica),
+    /// or `any`: promote even when this ferry never observed the old primary's position, so
+    /// that the loss cannot be bounded.
     #[serde(default)]
-    pub budget: u64,
+    pub budget: LossBudget,
     /// How long the chosen replica may take to apply what its relay log holds.
     #[serde(default = "default_relay_wait", with = "humantime_serde")]
     pub relay_wait: Duration,
@@ -34,7 +58,7 @@ pub struct FailoverConfig {
 impl Default for FailoverConfig {
     fn default() -> Self {
         Self {
-            budget: 0,
+            budget: LossBudget::default(),
             relay_wait: default_relay_wait(),
             fence_timeout: default_fence_timeout(),
             replication: None,

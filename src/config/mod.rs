@@ -19,7 +19,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 pub use failover::{
-    DnsConfig, FailoverConfig, HaproxyBackend, PrimaryKind, ReplicationAccount, TargetFailover,
+    AnyLoss, DnsConfig, FailoverConfig, HaproxyBackend, LossBudget, PrimaryKind, ReplicationAccount,
+    TargetFailover,
 };
 pub use load::{ConfigErrors, ConfigProblem, ENV_PREFIX, load, load_str};
 pub use secret::{Secret, SecretSource};
@@ -170,6 +171,32 @@ fn default_mysql_port() -> u16 {
 pub struct KafkaConfig {
     /// `host:port` of one or more brokers.
     pub bootstrap: Vec<String>,
+    /// Copies of each record the brokers keep (topics ferry creates get this many).
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Copies that must hold a record before `acks=all` acknowledges it: the number of broker
+    /// losses a checkpointed record survives is this minus one.
+    #[serde(default = "default_min_insync_replicas")]
+    pub min_insync_replicas: i32,
+    /// Publish to an existing topic whose replication factor or `min.insync.replicas` is
+    /// below the two settings above (default: refuse, with both values in the error).
+    #[serde(default)]
+    pub allow_under_replicated: bool,
+}
+
+impl KafkaConfig {
+    /// A single broker (the sandbox and tests): one copy, said explicitly.
+    pub fn single_broker(bootstrap: Vec<String>) -> Self {
+        Self { bootstrap, replication_factor: 1, min_insync_replicas: 1, allow_under_replicated: false }
+    }
+}
+
+fn default_replication_factor() -> i32 {
+    3
+}
+
+fn default_min_insync_replicas() -> i32 {
+    2
 }
 
 /// The region's Redis primary and replicas.
@@ -221,6 +248,10 @@ pub struct ApplyConfig {
     /// together in one local transaction (each stays whole). 1 commits each on its own.
     #[serde(default = "default_max_group_transactions")]
     pub max_group_transactions: usize,
+    /// The schemas apply may write (besides `ferry.heartbeat`); absent = every user schema.
+    /// System schemas and the rest of `ferry` are never written, listed or not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schemas: Option<Vec<String>>,
 }
 
 impl Default for ApplyConfig {
@@ -229,6 +260,7 @@ impl Default for ApplyConfig {
             on_error: OnError::default(),
             workers: default_apply_workers(),
             max_group_transactions: default_max_group_transactions(),
+            schemas: None,
         }
     }
 }

@@ -111,6 +111,17 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                 push(format!("{at}.kafka.bootstrap[{i}]"), e, None);
             }
         }
+        let kafka = &region.kafka;
+        if kafka.replication_factor < 1 {
+            push(format!("{at}.kafka.replication_factor"), "must be at least 1".into(), None);
+        }
+        if kafka.min_insync_replicas < 1 || kafka.min_insync_replicas > kafka.replication_factor.max(1) {
+            push(
+                format!("{at}.kafka.min_insync_replicas"),
+                format!("must be between 1 and replication_factor ({})", kafka.replication_factor),
+                None,
+            );
+        }
         if let Some(redis) = &region.redis {
             if let Some(problem) = redis.password.as_ref().and_then(|p| p.problem()) {
                 push(format!("{at}.redis.password"), problem.to_string(), None);
@@ -129,6 +140,16 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
     if let Some(apply) = &config.apply {
         if !(1..=64).contains(&apply.workers) {
             push("apply.workers".into(), "must be between 1 and 64".into(), None);
+        }
+        for (i, schema) in apply.schemas.iter().flatten().enumerate() {
+            let lower = schema.to_ascii_lowercase();
+            if schema.is_empty() {
+                push(format!("apply.schemas[{i}]"), "must not be empty".into(), None);
+            } else if crate::apply::admit::SYSTEM_SCHEMAS.contains(&lower.as_str())
+                || lower == crate::schema::DATABASE
+            {
+                push(format!("apply.schemas[{i}]"), format!("`{schema}` is never written by apply"), None);
+            }
         }
         if !(1..=10_000).contains(&apply.max_group_transactions) {
             push("apply.max_group_transactions".into(), "must be between 1 and 10000".into(), None);
@@ -320,8 +341,13 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         if failover.fence_timeout.is_zero() {
             push("failover.fence_timeout".into(), "must be more than 0".into(), None);
         }
+        if let Some(problem) = failover.replication.as_ref().and_then(|r| r.password.problem()) {
+            push("failover.replication.password".into(), problem.to_string(), None);
+        }
         if let Some(dns) = &failover.dns {
-            if crate::model::base64::decode(dns.key.expose()).is_err() {
+            if let Some(problem) = dns.key.problem() {
+                push("failover.dns.key".into(), problem.to_string(), None);
+            } else if dns.key.expose().is_empty() || crate::model::base64::decode(dns.key.expose()).is_err() {
                 push("failover.dns.key".into(), "is not base64".into(), None);
             }
             if dns.zone.trim().is_empty() {

@@ -8,7 +8,9 @@
 //!   in its relay log) covers every other candidate's, domain by domain. If none covers all
 //!   (their histories diverged), nothing is promoted.
 //! - Transactions the chosen candidate lacks against the primary's last known position are
-//!   the loss; above the budget, nothing is promoted.
+//!   the loss; above the budget, nothing is promoted. When that position was never observed
+//!   (the watch just started, a new leader, a primary that moved), the loss cannot be bounded:
+//!   nothing is promoted unless the budget is `any`.
 //! - When it has received more than it executed, its relay log must be applied first.
 //! - Ties keep the configured order of the candidates.
 //!
@@ -16,6 +18,7 @@
 //! only while it is the last of its domain; a replica written locally is normally written in a
 //! domain of its own (its `gtid_domain_id`), where it stays visible.
 
+use crate::config::LossBudget;
 use crate::model::Position;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +55,7 @@ fn missing(p: &Position, reference: &Position) -> u64 {
 
 /// Choose the replica to promote. `primary` is the failed primary's last known position, if
 /// any; `budget` the most transactions a promotion may lose.
-pub fn choose(candidates: &[Candidate], primary: Option<&Position>, budget: u64) -> Choice {
+pub fn choose(candidates: &[Candidate], primary: Option<&Position>, budget: LossBudget) -> Choice {
     let mut clean = Vec::new();
     for c in candidates {
         match c.executed.iter().chain(c.received.iter()).find(|g| g.server_id == c.server_id) {
@@ -74,13 +77,28 @@ pub fn choose(candidates: &[Candidate], primary: Option<&Position>, budget: u64)
             names.join(", ")
         ));
     };
-    let lost = primary.map_or(0, |p| missing(&best.received, p));
-    if lost > budget {
-        return Choice::Refuse(format!(
-            "the most advanced replica, {}, lacks {lost} transaction(s) of the primary (budget {budget})",
-            best.name
-        ));
-    }
+    let lost = match (primary, budget) {
+        (Some(p), LossBudget::Transactions(most)) => {
+            let lost = missing(&best.received, p);
+            if lost > most {
+                return Choice::Refuse(format!(
+                    "the most advanced replica, {}, lacks {lost} transaction(s) of the primary (budget {most})",
+                    best.name
+                ));
+            }
+            lost
+        }
+        (None, LossBudget::Transactions(_)) => {
+            return Choice::Refuse(
+                "the old primary's position was never observed by this ferry (it just started, took the lead, \
+                 or the primary had just moved), so the loss cannot be bounded; set failover.budget: any to \
+                 promote anyway"
+                    .into(),
+            );
+        }
+        (Some(p), LossBudget::Any(_)) => missing(&best.received, p),
+        (None, LossBudget::Any(_)) => 0,
+    };
     Choice::Promote { name: best.name.clone(), wait_for_relay: !covers(&best.executed, &best.received), lost }
 }
 
@@ -101,7 +119,13 @@ mod tests {
     }
 
     /// (what, candidates, the primary's last position, budget, expected choice)
-    type Case<'a> = (&'a str, Vec<Candidate>, Option<&'a Position>, u64, Choice);
+    type Case<'a> = (&'a str, Vec<Candidate>, Option<&'a Position>, LossBudget, Choice);
+
+    const ANY: LossBudget = LossBudget::Any(crate::config::AnyLoss::Any);
+
+    fn most(n: u64) -> LossBudget {
+        LossBudget::Transactions(n)
+    }
 
     #[test]
     fn table() {
@@ -114,14 +138,14 @@ mod tests {
                     c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
                 ],
                 Some(&primary),
-                0,
+                most(0),
                 promote("r2", false, 0),
             ),
             (
                 "behind only: refused with a zero budget",
                 vec![c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7")],
                 Some(&primary),
-                0,
+                most(0),
                 Choice::Refuse(
                     "the most advanced replica, r1, lacks 2 transaction(s) of the primary (budget 0)".into(),
                 ),
@@ -130,7 +154,7 @@ mod tests {
                 "behind only: promoted within the budget",
                 vec![c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7")],
                 Some(&primary),
-                5,
+                most(5),
                 promote("r1", false, 2),
             ),
             (
@@ -140,7 +164,7 @@ mod tests {
                     c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
                 ],
                 Some(&primary),
-                0,
+                most(0),
                 promote("r2", false, 0),
             ),
             (
@@ -150,7 +174,7 @@ mod tests {
                     c("r2", 103, "1-101-9,2-201-7", "1-101-9,2-201-7"),
                 ],
                 Some(&primary),
-                0,
+                most(0),
                 promote("r1", true, 0),
             ),
             (
@@ -160,7 +184,7 @@ mod tests {
                     c("r2", 103, "1-101-10,2-201-7", "1-101-10,2-201-7"),
                 ],
                 Some(&primary),
-                0,
+                most(0),
                 promote("r1", false, 0),
             ),
             (
@@ -170,19 +194,38 @@ mod tests {
                     c("r2", 103, "1-101-8,2-201-7", "1-101-8,2-201-7"),
                 ],
                 None,
-                100,
+                most(100),
                 Choice::Refuse(
                     "the replicas' histories diverged: none has all the others have (r1, r2)".into(),
                 ),
             ),
             (
-                "primary position unknown: the most advanced, no loss counted",
+                "primary position unknown: refused, the loss cannot be bounded",
                 vec![c("r1", 102, "1-101-3", "1-101-3"), c("r2", 103, "1-101-4", "1-101-4")],
                 None,
-                0,
+                most(1000),
+                Choice::Refuse(
+                    "the old primary's position was never observed by this ferry (it just started, took the lead, \
+                     or the primary had just moved), so the loss cannot be bounded; set failover.budget: any to \
+                     promote anyway"
+                        .into(),
+                ),
+            ),
+            (
+                "primary position unknown, budget any: the most advanced, no loss counted",
+                vec![c("r1", 102, "1-101-3", "1-101-3"), c("r2", 103, "1-101-4", "1-101-4")],
+                None,
+                ANY,
                 promote("r2", false, 0),
             ),
-            ("no replica", vec![], Some(&primary), 0, Choice::Refuse("no replica to promote".into())),
+            (
+                "budget any with a known position: promoted whatever it lacks, the loss reported",
+                vec![c("r1", 102, "1-101-8,2-201-7", "1-101-8,2-201-7")],
+                Some(&primary),
+                ANY,
+                promote("r1", false, 2),
+            ),
+            ("no replica", vec![], Some(&primary), most(0), Choice::Refuse("no replica to promote".into())),
         ];
         for (what, candidates, primary, budget, want) in cases {
             assert_eq!(choose(&candidates, primary, budget), want, "{what}");

@@ -42,6 +42,11 @@ pub fn describe(server: &DbServer) -> String {
     format!("{}:{} (server_id {})", server.host, server.port, server.server_id)
 }
 
+/// The session mode of every connection made here, whatever the server's global mode: the
+/// literals [`quote`] builds are only literals under it (backslashes are plain characters,
+/// quotes are doubled).
+pub const SESSION_SQL_MODE: &str = "SET SESSION sql_mode = 'STRICT_ALL_TABLES,NO_BACKSLASH_ESCAPES'";
+
 pub fn opts(server: &DbServer, accounts: &Accounts) -> Opts {
     OptsBuilder::default()
         .ip_or_hostname(server.host.clone())
@@ -49,6 +54,7 @@ pub fn opts(server: &DbServer, accounts: &Accounts) -> Opts {
         .user(Some(accounts.user.clone()))
         .pass(Some(accounts.password.clone()))
         .prefer_socket(false)
+        .setup(vec![SESSION_SQL_MODE])
         .into()
 }
 
@@ -259,7 +265,8 @@ pub async fn replicate(
         // It was a primary: it continues from what it has itself.
         conn.query_drop("SET GLOBAL gtid_slave_pos = @@gtid_current_pos").await.map_err(sql)?;
     }
-    // CHANGE MASTER takes no placeholders: the values are quoted here.
+    // CHANGE MASTER takes no placeholders: the values are quoted here. Its error can quote the
+    // statement, password included: only the code is passed on.
     conn.query_drop(format!(
         "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
          MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
@@ -269,7 +276,7 @@ pub async fn replicate(
         quote(&accounts.repl_password),
     ))
     .await
-    .map_err(sql)?;
+    .map_err(|e| format!("re-pointing {}: CHANGE MASTER failed ({})", describe(replica), redacted(&e)))?;
     conn.query_drop("START SLAVE").await.map_err(sql)?;
     // The IO thread connects (or is refused) within a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -298,9 +305,21 @@ pub async fn replicate(
     Ok(())
 }
 
-/// A SQL string literal.
+/// A SQL string literal under [`SESSION_SQL_MODE`] (`NO_BACKSLASH_ESCAPES`): quotes doubled,
+/// nothing else special.
 fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\\', "\\\\").replace('\'', "\\'"))
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// An error of a statement that held a secret, without the server's message (which can quote
+/// the statement).
+fn redacted(e: &mysql_async::Error) -> String {
+    match e {
+        mysql_async::Error::Server(s) => {
+            format!("server error {}; message withheld: it can quote the statement", s.code)
+        }
+        other => other.to_string(),
+    }
 }
 
 /// `replica` replicates from `primary` (both threads running, no error).
@@ -361,8 +380,9 @@ pub async fn rejoin(
 #[cfg(test)]
 mod tests {
     #[test]
-    fn quoting_escapes_quotes_and_backslashes() {
-        assert_eq!(super::quote("pa'ss\\word"), "'pa\\'ss\\\\word'");
+    fn quoting_doubles_quotes_and_leaves_backslashes_to_the_session_mode() {
+        assert_eq!(super::quote("pa'ss\\word"), "'pa''ss\\word'");
         assert_eq!(super::quote("plain"), "'plain'");
+        assert!(super::SESSION_SQL_MODE.contains("NO_BACKSLASH_ESCAPES"));
     }
 }

@@ -134,7 +134,7 @@ async fn rpo(failed: &RegionConfig, from: &str, standby: &Opts) -> Result<Rpo, S
             report.undecodable += 1;
             continue;
         };
-        if done.as_ref().is_some_and(|d| crate::apply::target::covers(d, &envelope.origin.gtid)) {
+        if done.as_ref().is_some_and(|d| d.covers(&envelope.origin.gtid)) {
             continue;
         }
         let txn = open.get_or_insert_with(|| Unapplied {

@@ -104,7 +104,7 @@ pub const APPLY_DUPLICATES: MetricName = m(
 pub const APPLY_DLQ: MetricName = m(
     "ferry_apply_dlq_records",
     Counter,
-    "Records or transactions parked in the dead-letter queue (labels: origin, kind: decode, sequence, apply)",
+    "Records or transactions parked in the dead-letter queue (labels: origin, kind: decode, sequence, refused, apply)",
 );
 pub const APPLY_CONFLICTS: MetricName = m(
     "ferry_apply_conflicts",
@@ -134,6 +134,11 @@ pub const WATCH_ACTIONS: MetricName = m(
     "ferry_watch_actions",
     Counter,
     "Actions taken on a target's load-balancer member (labels: target, action: take_out, put_back; result: done, already, refused_last_member, failed, skipped_tilted, skipped_not_leader)",
+);
+pub const WATCH_CREDENTIALS_REFUSED: MetricName = m(
+    "ferry_watch_credentials_refused",
+    Gauge,
+    "1 while a target's probe is refused ferry's credentials or privileges: a configuration problem, not counted as a failure (labels: target)",
 );
 pub const WATCH_TILTED: MetricName = m(
     "ferry_watch_tilted",
@@ -183,7 +188,17 @@ pub const APPLY_BACKLOG: MetricName = m(
 pub const APPLY_PAUSED: MetricName = m(
     "ferry_apply_paused",
     Gauge,
-    "1 while applying from an origin is paused after a dead-lettered record (label: origin)",
+    "1 while applying from an origin is paused after a dead-lettered record or a gap (label: origin)",
+);
+pub const APPLY_GAP: MetricName = m(
+    "ferry_apply_gap",
+    Gauge,
+    "1 while applying from an origin is stopped because transactions are missing from its topic (label: origin)",
+);
+pub const APPLY_SUPERSEDED: MetricName = m(
+    "ferry_apply_superseded",
+    Counter,
+    "Partial transactions dropped because capture resent them whole after a restart (label: origin)",
 );
 
 /// Every metric ferry can export.
@@ -227,7 +242,10 @@ pub const ALL: &[MetricName] = &[
     APPLY_ERRORS,
     APPLY_LAG,
     APPLY_E2E_LAG,
+    WATCH_CREDENTIALS_REFUSED,
     APPLY_PAUSED,
+    APPLY_GAP,
+    APPLY_SUPERSEDED,
     APPLY_BACKLOG,
 ];
 

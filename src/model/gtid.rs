@@ -57,6 +57,19 @@ pub enum Gtid {
     },
 }
 
+impl Gtid {
+    /// This GTID, as the last one of an ordered stream, already covers `next`: same domain
+    /// (MariaDB; the server id may differ, a promoted replica continues the domain's sequence)
+    /// or same server UUID (MySQL), and `next` is not after it.
+    pub fn covers(&self, next: &Gtid) -> bool {
+        match (self, next) {
+            (Gtid::MariaDb(d), Gtid::MariaDb(n)) => d.domain == n.domain && n.seq <= d.seq,
+            (Gtid::MySql { uuid: du, gno: dg }, Gtid::MySql { uuid: nu, gno: ng }) => du == nu && ng <= dg,
+            _ => false,
+        }
+    }
+}
+
 impl fmt::Display for Gtid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

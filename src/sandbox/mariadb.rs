@@ -312,7 +312,7 @@ pub fn region_yaml(name: &str, db: &MariaDb, domain: u32, priority: u32, bootstr
     format!(
         "  {name}:\n    priority: {priority}\n    mysql:\n      user: {}\n      password: {}\n      \
          gtid_domain_id: {domain}\n      primary: {{ host: \"{}\", port: {}, server_id: {} }}\n    \
-         kafka: {{ bootstrap: [\"{bootstrap}\"] }}\n",
+         kafka: {{ bootstrap: [\"{bootstrap}\"], replication_factor: 1, min_insync_replicas: 1 }}\n",
         o.user,
         o.password,
         db.addr().ip(),

@@ -355,7 +355,7 @@ fn regions_config(
                     primary: server(&r.db_primary),
                     replicas: vec![server(&r.db_replica)],
                 },
-                kafka: KafkaConfig { bootstrap: vec![broker.bootstrap()] },
+                kafka: KafkaConfig::single_broker(vec![broker.bootstrap()]),
                 redis: Some(RedisConfig {
                     primary: r.redis_primary.addr().to_string(),
                     replicas: vec![r.redis_replica.addr().to_string()],

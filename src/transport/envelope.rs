@@ -29,6 +29,11 @@ pub struct Envelope {
     pub commit_time_us: i64,
     /// Transaction sequence in the origin's order (the GTID sequence number).
     pub seq: u64,
+    /// The origin's previous published transaction (absent when capture did not know it: the
+    /// first transaction ever, or a checkpoint an older ferry wrote). A reader that applied a
+    /// different previous transaction has missed some: a gap, never skipped silently.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<Gtid>,
     /// Index of this record within its transaction, from 0.
     pub record: u32,
     pub rows: Vec<RowChange>,
@@ -82,6 +87,8 @@ pub struct RecordBuilder {
     current: Option<(TxnHeader, u32)>,
     rows: Vec<u8>,
     count: usize,
+    /// The last transaction finished (the `prev` of the next one).
+    published: Option<Gtid>,
 }
 
 /// Bytes of a record besides its rows (origin, fields, punctuation), with room to spare.
@@ -91,7 +98,20 @@ impl RecordBuilder {
     /// `max_bytes` is the target size of a record; a single row larger than that still goes
     /// out, alone in its record.
     pub fn new(region: &str, max_bytes: usize) -> Self {
-        Self { region: region.to_string(), max_bytes, current: None, rows: Vec::new(), count: 0 }
+        Self {
+            region: region.to_string(),
+            max_bytes,
+            current: None,
+            rows: Vec::new(),
+            count: 0,
+            published: None,
+        }
+    }
+
+    /// Name `published` as the predecessor of the first transaction built.
+    pub fn after(mut self, published: Option<Gtid>) -> Self {
+        self.published = published;
+        self
     }
 
     /// Add a row of the transaction `header`. Returns a full record to send when the row did
@@ -134,7 +154,9 @@ impl RecordBuilder {
     /// The transaction's final record (with whatever rows are left, possibly none).
     pub fn finish(&mut self, header: &TxnHeader) -> Record {
         let (open, index) = self.current.take().unwrap_or_else(|| (header.clone(), 0));
-        self.encode(&open, index, true)
+        let record = self.encode(&open, index, true);
+        self.published = Some(open.gtid);
+        record
     }
 
     /// Encode the buffered rows as record `index` of `header`'s transaction, and empty the buffer.
@@ -144,9 +166,10 @@ impl RecordBuilder {
             Gtid::MySql { gno, .. } => *gno,
         };
         let region = serde_json::to_string(&self.region).unwrap_or_else(|_| "\"\"".into());
+        let prev = self.published.as_ref().map(|g| format!("\"prev\":\"{g}\",")).unwrap_or_default();
         let mut payload = format!(
             "{{\"v\":{VERSION},\"origin\":{{\"region\":{region},\"server_id\":{},\"gtid\":\"{}\"}},\
-             \"commit_time_us\":{},\"seq\":{seq},\"record\":{index},\"rows\":[",
+             \"commit_time_us\":{},\"seq\":{seq},{prev}\"record\":{index},\"rows\":[",
             header.server_id, header.gtid, header.commit_time_us
         )
         .into_bytes();
@@ -234,6 +257,24 @@ mod tests {
         assert!(b.push(&header(2), &row(3, 10)).unwrap().is_none());
         let next = b.finish(&header(2));
         assert_eq!((next.index, next.key.as_str()), (0, "1-101-2"));
+    }
+
+    #[test]
+    fn every_record_names_the_previous_published_transaction() {
+        let prev = |r: &Record| Envelope::parse(&r.payload).unwrap().prev.map(|g| g.to_string());
+        let mut b = RecordBuilder::new("east", 1024);
+        assert_eq!(prev(&b.finish(&header(1))), None, "nothing published before");
+        let mut b = RecordBuilder::new("east", 1024).after(Some("1-101-4".parse().unwrap()));
+        let first = b.push(&header(5), &row(1, 10)).unwrap();
+        assert!(first.is_none());
+        let full = b.push(&header(5), &row(2, 5000)).unwrap().expect("flushed");
+        assert_eq!(prev(&full).as_deref(), Some("1-101-4"));
+        assert_eq!(prev(&b.finish(&header(5))).as_deref(), Some("1-101-4"));
+        assert_eq!(
+            prev(&b.finish(&header(9))).as_deref(),
+            Some("1-101-5"),
+            "the next names the last finished"
+        );
     }
 
     #[test]

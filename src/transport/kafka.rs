@@ -1,7 +1,9 @@
 //! Publishing records: the [`RecordSink`] contract and its Kafka implementation.
 //!
 //! Contract: `send` queues one record and returns an [`AckFuture`] that resolves once the
-//! record is durably acknowledged (Kafka: `acks=all` on an idempotent producer). Acks resolve
+//! record is durably acknowledged (Kafka: `acks=all` on an idempotent producer: the record is
+//! on `min.insync.replicas` brokers, so it survives the loss of one fewer; capture refuses a
+//! topic that keeps fewer copies than configured). Acks resolve
 //! in send order for one sink; a failed ack means this record and every later one may be
 //! missing, so the caller restarts from its last checkpoint (duplicates allowed, loss never).
 
@@ -10,12 +12,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 
 use super::envelope::Record;
+use crate::config::KafkaConfig;
 
 pub type AckFuture = Pin<Box<dyn Future<Output = Result<(), SinkError>> + Send>>;
 
@@ -63,9 +66,11 @@ pub fn client_config(bootstrap: &[String]) -> ClientConfig {
 }
 
 impl KafkaSink {
-    /// A producer for `topic`, creating the topic (1 partition, so order is total) if missing.
-    pub async fn connect(bootstrap: &[String], topic: &str) -> Result<Self, SinkError> {
-        ensure_topic(bootstrap, topic, 1).await?;
+    /// A producer for `topic`, creating the topic (1 partition, so order is total) if missing;
+    /// refused when the topic keeps fewer copies than `kafka` asks for.
+    pub async fn connect(kafka: &KafkaConfig, topic: &str) -> Result<Self, SinkError> {
+        let bootstrap = &kafka.bootstrap;
+        ensure_topic(kafka, topic, 1).await?;
         let producer: FutureProducer = client_config(bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -108,22 +113,100 @@ impl RecordSink for KafkaSink {
     }
 }
 
-/// Create `topic` with `partitions` if it does not exist.
-pub async fn ensure_topic(bootstrap: &[String], topic: &str, partitions: i32) -> Result<(), SinkError> {
+/// Create `topic` with `partitions`, `kafka.replication_factor` copies and
+/// `min.insync.replicas` if it does not exist. An existing topic that keeps fewer copies than
+/// configured is refused (unless `kafka.allow_under_replicated`): `acks=all` would then
+/// acknowledge records that one broker's loss can erase.
+pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32) -> Result<(), SinkError> {
     let fail = |reason: String| SinkError::Topic { topic: topic.to_string(), reason };
     let admin: AdminClient<DefaultClientContext> =
-        client_config(bootstrap).create().map_err(|e| SinkError::Client(e.to_string()))?;
-    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
+        client_config(&kafka.bootstrap).create().map_err(|e| SinkError::Client(e.to_string()))?;
+    let min_insync = kafka.min_insync_replicas.to_string();
+    let new = NewTopic::new(topic, partitions, TopicReplication::Fixed(kafka.replication_factor))
+        .set("min.insync.replicas", &min_insync);
     let options =
         AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
     let results = admin.create_topics([&new], &options).await.map_err(|e| fail(e.to_string()))?;
     for result in results {
         match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => return Ok(()),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => return Err(fail(code.to_string())),
         }
     }
+    if kafka.allow_under_replicated {
+        return Ok(());
+    }
+    let replicas = topic_replicas(kafka, topic).await.map_err(fail)?;
+    if let Some(problem) = durability_problem(kafka, replicas, None) {
+        return Err(fail(problem));
+    }
+    if kafka.min_insync_replicas > 1 {
+        let insync = topic_min_insync(&admin, topic, &options).await.map_err(fail)?;
+        if let Some(problem) = durability_problem(kafka, replicas, Some(insync)) {
+            return Err(fail(problem));
+        }
+    }
     Ok(())
+}
+
+/// Why an existing topic with `replicas` copies (fewest of any partition) and
+/// `min.insync.replicas` `insync` (None: not read, nothing is required of it) is below what
+/// `kafka` asks for.
+pub fn durability_problem(kafka: &KafkaConfig, replicas: i32, insync: Option<i32>) -> Option<String> {
+    let low_insync = insync.filter(|i| *i < kafka.min_insync_replicas);
+    if replicas >= kafka.replication_factor && low_insync.is_none() {
+        return None;
+    }
+    Some(format!(
+        "the topic keeps {replicas} cop{} of each record with min.insync.replicas {}; the configuration asks for \
+         replication_factor {} and min_insync_replicas {}: refusing to publish (raise the topic's settings, or set \
+         kafka.allow_under_replicated: true to accept the risk)",
+        if replicas == 1 { "y" } else { "ies" },
+        insync.map_or("(not read)".to_string(), |i| i.to_string()),
+        kafka.replication_factor,
+        kafka.min_insync_replicas,
+    ))
+}
+
+/// The fewest replicas of any of the topic's partitions (a blocking metadata request, off the
+/// async threads).
+async fn topic_replicas(kafka: &KafkaConfig, topic: &str) -> Result<i32, String> {
+    let client: rdkafka::consumer::BaseConsumer =
+        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
+    let name = topic.to_string();
+    let metadata = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&client, Some(&name), ADMIN_TIMEOUT)
+    })
+    .await
+    .map_err(|e| format!("reading the topic's metadata: {e}"))?
+    .map_err(|e| format!("reading the topic's metadata: {e}"))?;
+    let partitions = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions());
+    partitions
+        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+        .min()
+        .ok_or_else(|| "the broker lists no partition of the topic".to_string())
+}
+
+/// The topic's `min.insync.replicas`.
+async fn topic_min_insync(
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    options: &AdminOptions,
+) -> Result<i32, String> {
+    let results = admin
+        .describe_configs([&ResourceSpecifier::Topic(topic)], options)
+        .await
+        .map_err(|e| format!("reading the topic's configuration: {e}"))?;
+    let resource = results
+        .into_iter()
+        .next()
+        .ok_or("the broker described no configuration")?
+        .map_err(|e| format!("reading the topic's configuration: {e}"))?;
+    let value = resource.get("min.insync.replicas").and_then(|e| e.value.clone());
+    value
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| "the broker did not report the topic's min.insync.replicas".to_string())
 }
 
 /// `ferry tail`'s sink: each record as a JSON line on stdout, acknowledged at once.
@@ -142,5 +225,28 @@ impl RecordSink for StdoutSink {
     async fn flush(&mut self, _timeout: Duration) -> Result<(), SinkError> {
         use std::io::Write;
         std::io::stdout().flush().map_err(|e| SinkError::Delivery(format!("stdout: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topics_keeping_fewer_copies_than_configured_are_refused() {
+        let production = KafkaConfig {
+            bootstrap: vec!["k:9092".into()],
+            replication_factor: 3,
+            min_insync_replicas: 2,
+            allow_under_replicated: false,
+        };
+        assert_eq!(durability_problem(&production, 3, Some(2)), None);
+        assert_eq!(durability_problem(&production, 5, Some(3)), None);
+        let one = durability_problem(&production, 1, Some(1)).expect("refused");
+        assert!(one.contains("keeps 1 copy") && one.contains("replication_factor 3"), "{one}");
+        let insync = durability_problem(&production, 3, Some(1)).expect("refused");
+        assert!(insync.contains("min.insync.replicas 1"), "{insync}");
+        let single = KafkaConfig::single_broker(vec!["k:9092".into()]);
+        assert_eq!(durability_problem(&single, 1, None), None);
     }
 }

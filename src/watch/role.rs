@@ -18,7 +18,7 @@ use super::alert::{Alert, Alerter};
 use super::lb::{self, Outcome};
 use super::leader::{Holder, KubeLease, Leadership, Lease};
 use super::primary::{PrimaryWatch, Region};
-use super::probe::{Credentials, probe};
+use super::probe::{Credentials, Failure, probe};
 use super::state::{Event, Thresholds, Tilt, Tracker};
 use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, LbMember, TargetConfig, WatchConfig};
@@ -67,6 +67,7 @@ pub struct WatchMetrics {
     pub failovers: Family<FailoverLabels, Counter>,
     pub failover_phases: Family<PhaseLabels, Gauge<f64, AtomicU64>>,
     pub old_primaries_fenced: Gauge,
+    pub credentials_refused: Family<TargetLabels, Gauge>,
 }
 
 impl WatchMetrics {
@@ -82,6 +83,7 @@ impl WatchMetrics {
         metrics.register(names::FAILOVER_TOTAL, m.failovers.clone());
         metrics.register(names::FAILOVER_PHASE_SECONDS, m.failover_phases.clone());
         metrics.register(names::FAILOVER_OLD_PRIMARY, m.old_primaries_fenced.clone());
+        metrics.register(names::WATCH_CREDENTIALS_REFUSED, m.credentials_refused.clone());
         m
     }
 }
@@ -163,6 +165,8 @@ struct Shared {
     servers: Region,
     /// Old primaries left fenced, over all targets.
     fenced: AtomicUsize,
+    /// Targets whose probe refuses ferry's credentials, with the reason.
+    refused: Mutex<BTreeMap<String, String>>,
     whole: Arc<Config>,
 }
 
@@ -204,6 +208,32 @@ impl Shared {
             })
             .await
             .cloned()
+    }
+
+    /// Note whether `target`'s probe refuses ferry's credentials: ferry is then not ready
+    /// (it cannot judge that target), with the reason.
+    fn misconfigured(&self, target: &str, reason: Option<&str>) {
+        let Ok(mut refused) = self.refused.lock() else { return };
+        let changed = match reason {
+            Some(r) => refused.insert(target.to_string(), r.to_string()).as_deref() != Some(r),
+            None => refused.remove(target).is_some(),
+        };
+        self.metrics
+            .credentials_refused
+            .get_or_create(&TargetLabels { target: target.to_string() })
+            .set(i64::from(reason.is_some()));
+        if !changed {
+            return;
+        }
+        if let Some(r) = reason {
+            tracing::error!(%target, reason = %r, "probe refused ferry's credentials: not counted as a failure; fix the configuration");
+        }
+        match refused.iter().next() {
+            Some((t, r)) => self
+                .reporter
+                .set(RoleState::NotReady { reason: format!("watch: {t} refuses ferry's credentials: {r}") }),
+            None => self.reporter.set(RoleState::Ready),
+        }
     }
 
     fn publish(&self) {
@@ -279,6 +309,7 @@ impl Role for WatchRole {
                 kube: tokio::sync::OnceCell::new(),
                 servers: self.servers.clone(),
                 fenced: AtomicUsize::new(0),
+                refused: Mutex::new(BTreeMap::new()),
                 whole: self.whole.clone(),
             });
             ctx.reporter.set(RoleState::Ready);
@@ -314,8 +345,12 @@ fn wanted_alerts(
     tracker: &Tracker,
     member: &Membership,
     primary: Option<&PrimaryWatch>,
+    refused: bool,
 ) -> BTreeSet<&'static str> {
     let mut out = BTreeSet::new();
+    if refused {
+        out.insert("FerryProbeCredentials");
+    }
     if primary.is_some_and(|p| p.refused.is_some()) {
         out.insert("FerryFailoverNotDone");
     }
@@ -370,7 +405,14 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         let following = primary.as_ref().map(|p| target.probe.with_address(p.current.address()));
         let result =
             probe(following.as_ref().unwrap_or(&target.probe), &shared.credentials, target.timeout).await;
+        // Refused credentials say nothing of the target's health: not counted either way.
+        let refused = match &result {
+            Err(Failure::Credentials(reason)) => Some(reason.clone()),
+            _ => None,
+        };
+        shared.misconfigured(&target.name, refused.as_deref());
         if let Some(p) = primary.as_mut()
+            && refused.is_none()
             && let Some(now) = p.observed(result.is_ok(), &shared.servers).await
         {
             record(
@@ -382,8 +424,8 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             );
         }
         shared.metrics.probe_seconds.get_or_create(&labels).set(started.elapsed().as_secs_f64());
-        let event = tracker.observe(result.is_ok(), Instant::now());
-        let last_error = result.err();
+        let event = if refused.is_some() { None } else { tracker.observe(result.is_ok(), Instant::now()) };
+        let last_error = result.err().map(|f| f.reason().to_string());
         shared.metrics.failures.get_or_create(&labels).set(i64::from(tracker.consecutive_failures()));
         shared.metrics.up.get_or_create(&labels).set(i64::from(tracker.health().is_serving()));
         if let Some(event) = event {
@@ -410,8 +452,8 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
         // Only the leader acts, and only with an epoch Redis still confirms.
         let epoch = shared.leadership.epoch();
         let pending_lb = target.lb.is_some() && member.known_in != Some(member.wanted_in);
-        let failover_due =
-            primary.as_ref().is_some_and(|p| !tracker.health().is_serving() && p.due(Instant::now()));
+        let failover_due = refused.is_none()
+            && primary.as_ref().is_some_and(|p| !tracker.health().is_serving() && p.due(Instant::now()));
         let settle_due = primary.as_ref().is_some_and(|p| p.settle_due(Instant::now()));
         if let Some(r) = other_region.as_mut() {
             r.observed(tracker.health().is_serving(), Instant::now());
@@ -423,7 +465,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                 || failover_due
                 || settle_due
                 || region_due
-                || wanted_alerts(&tracker, &member, primary.as_ref()) != alerts_sent)
+                || wanted_alerts(&tracker, &member, primary.as_ref(), refused.is_some()) != alerts_sent)
             && let (Some(lease), Some(e)) = (&shared.lease, epoch)
             && !lease.fenced(e).await
         {
@@ -511,9 +553,18 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
             }
         }
         if allowed {
-            let want_alerts = wanted_alerts(&tracker, &member, primary.as_ref());
+            let want_alerts = wanted_alerts(&tracker, &member, primary.as_ref(), refused.is_some());
             for name in want_alerts.difference(&alerts_sent) {
                 let (summary, description) = match *name {
+                    "FerryProbeCredentials" => (
+                        format!("{} refuses ferry's credentials: a configuration problem", target.name),
+                        format!(
+                            "The {} probe was refused ({}); the target is not counted down or failed over \
+                             for it. Fix the account or its grants.",
+                            target.probe.kind(),
+                            refused.clone().unwrap_or_default()
+                        ),
+                    ),
                     "FerryTargetDown" => (
                         format!("{} ({}) is down", target.name, target.probe.address()),
                         format!(
@@ -566,6 +617,7 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                     "state": tracker.health().as_str(),
                     "consecutive_failures": tracker.consecutive_failures(),
                     "last_error": last_error,
+                    "credentials_refused": refused,
                     "in_load_balancer": member.known_in,
                     "held_down": tracker.held_until().is_some(),
                     "primary": primary.as_ref().map(|p| p.current.address()),

@@ -23,8 +23,9 @@ pub fn spawn_ferry(config: &Path, log: &Path) -> Child {
 }
 
 /// `dir/west.yaml`: region `west` applying `east`'s topic on `bootstrap`, both regions' primary
-/// being `db` (apply only needs the origin's topic; the server ids are made distinct), with
-/// `/status` on `http` and `apply` as given (YAML flow mapping).
+/// being `db` (apply only needs the origin's topic). East's primary is configured as server
+/// 101 in domain 1, the identity the tests' hand-made records carry (apply admits only the
+/// origin's own identity); `/status` on `http` and `apply` as given (YAML flow mapping).
 pub fn apply_only_config(
     dir: &Path,
     db: &MariaDb,
@@ -33,19 +34,19 @@ pub fn apply_only_config(
     apply: &str,
 ) -> std::path::PathBuf {
     let server_id = db.options().server_id;
-    let region = |name: &str, domain: u32, priority: u32| {
-        region_yaml(name, db, domain, priority, bootstrap)
-            .replace(&format!("server_id: {server_id}"), &format!("server_id: {}", server_id + priority))
-    };
+    let east = region_yaml("east", db, 1, 1, bootstrap)
+        .replace(&format!("server_id: {server_id}"), &format!("server_id: {EAST_SERVER_ID}"));
     let path = dir.join("west.yaml");
     let text = format!(
-        "region: west\nregions:\n{}{}http: {{ listen: \"{http}\" }}\napply: {apply}\n",
-        region("east", 1, 1),
-        region("west", 2, 2)
+        "region: west\nregions:\n{east}{}http: {{ listen: \"{http}\" }}\napply: {apply}\n",
+        region_yaml("west", db, 2, 2, bootstrap)
     );
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The server id of east's primary in [`apply_only_config`].
+pub const EAST_SERVER_ID: u32 = 101;
 
 /// A child process killed when dropped, so a failing test leaves no `ferry run` behind.
 pub struct Reaped(pub Child);
@@ -176,4 +177,44 @@ impl Drop for Sandbox {
             let _ = Command::new(FERRY).args(["sandbox", "down", "--dir"]).arg(&self.dir).output();
         }
     }
+}
+
+/// Publish `payloads` to `topic` as they are (forged or broken records included).
+pub async fn produce(bootstrap: &str, topic: &str, payloads: &[Vec<u8>]) {
+    let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .create()
+        .unwrap();
+    for p in payloads {
+        producer
+            .send(
+                rdkafka::producer::FutureRecord::to(topic).key("k").payload(p),
+                std::time::Duration::from_secs(20),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+}
+
+/// Up to `want` records of the dead-letter topic `topic` (waiting up to 30 s), parsed.
+pub fn dead_letters(bootstrap: &str, topic: &str, want: usize) -> Vec<serde_json::Value> {
+    let consumer: rdkafka::consumer::BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("broker.address.family", "v4")
+        .set("group.id", "dlq-check")
+        .create()
+        .unwrap();
+    let mut tpl = rdkafka::TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, rdkafka::Offset::Beginning).unwrap();
+    rdkafka::consumer::Consumer::assign(&consumer, &tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while out.len() < want && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = consumer.poll(std::time::Duration::from_millis(200)) {
+            out.push(serde_json::from_slice(rdkafka::message::Message::payload(&m).unwrap()).unwrap());
+        }
+    }
+    out
 }

@@ -222,5 +222,37 @@ fn failover_settings_are_checked_against_the_probe_the_regions_and_dns() {
     assert_eq!(dns.fqdn("db.east"), "db.east.psi.test");
     assert_eq!(dns.fqdn("db.east.psi.test."), "db.east.psi.test");
     assert_eq!(dns.services, ["app", "db", "redis"]);
-    assert_eq!(c.failover.as_ref().unwrap().budget, 0);
+    assert_eq!(c.failover.as_ref().unwrap().budget, crate::config::LossBudget::Transactions(0));
+}
+
+#[test]
+fn every_secret_is_resolved_at_load_including_the_failover_ones() {
+    let text = format!(
+        "{GOOD}failover:\n  replication: {{ user: repl, password: {{ env: FERRY_TEST_NO_SUCH_VAR_8 }} }}\n  \
+         dns: {{ server: \"127.0.0.1:53\", zone: psi.test, key_name: k, key: {{ file: /nonexistent/ferry-tsig }} }}\n"
+    );
+    let err = load_str("secrets", &text, no_env()).expect_err("unreadable secrets must fail");
+    assert_eq!(paths(&err), vec!["failover.replication.password", "failover.dns.key"], "{err}");
+    assert!(err.to_string().contains("FERRY_TEST_NO_SUCH_VAR_8"), "{err}");
+    assert!(err.to_string().contains("/nonexistent/ferry-tsig"), "{err}");
+}
+
+#[test]
+fn apply_schemas_may_not_name_system_schemas() {
+    let text = format!("{GOOD}apply: {{ schemas: [psi, mysql, ferry, \"\"] }}\n");
+    let err = load_str("schemas", &text, no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["apply.schemas[1]", "apply.schemas[2]", "apply.schemas[3]"], "{err}");
+}
+
+#[test]
+fn the_loss_budget_is_a_number_or_any() {
+    let any = format!("{GOOD}failover: {{ budget: any }}\n");
+    let c = load_str("any", &any, no_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.failover.unwrap().budget, crate::config::LossBudget::Any(crate::config::AnyLoss::Any));
+    let five = format!("{GOOD}failover: {{ budget: 5 }}\n");
+    let c = load_str("five", &five, no_env()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(c.failover.unwrap().budget, crate::config::LossBudget::Transactions(5));
+    let bad = format!("{GOOD}failover: {{ budget: lots }}\n");
+    let err = load_str("bad", &bad, no_env()).expect_err("must fail");
+    assert_eq!(paths(&err), vec!["failover.budget"], "{err}");
 }
