@@ -131,19 +131,7 @@ impl West {
 
     /// `/health/ready` once it answers 503 with `needle` in its body.
     async fn wait_not_ready(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let (code, body) = http_get(self.http, "/health/ready").await.unwrap_or((0, String::new()));
-            if code == 503 && body.contains(needle) {
-                return body;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "never not-ready with `{needle}`; last: {code} {body}\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_not_ready(self.http, needle, &self.dir.path().join("west.log")).await
     }
 
     fn log(&self) -> String {
@@ -327,6 +315,26 @@ async fn ungoverned_changes_that_find_no_row_or_write_nothing_are_dead_lettered_
     assert_eq!(applied.as_deref(), Some("1-101-6"));
 }
 
+/// `/health/ready` at `http` once it answers 503 with `needle` in its body (within 30 s; the
+/// tail of `log` shows why not).
+async fn wait_not_ready(http: std::net::SocketAddr, needle: &str, log: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, body) = http_get(http, "/health/ready").await.unwrap_or((0, String::new()));
+        if code == 503 && body.contains(needle) {
+            return body;
+        }
+        if Instant::now() >= deadline {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            panic!(
+                "never not-ready with `{needle}`; last: {code} {body}\n{}",
+                &text[text.len().saturating_sub(4000)..]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A one-region config (`east`) on `db` with capture, and `kafka` as its kafka section.
 fn capture_config(dir: &Path, db: &MariaDb, kafka: &str, domain: u32) -> (PathBuf, std::net::SocketAddr) {
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
@@ -411,15 +419,7 @@ async fn capture_refuses_a_topic_keeping_fewer_copies_than_configured() {
     let (config, http) =
         capture_config(dir.path(), &db, &format!("{{ bootstrap: [\"{}\"] }}", broker.bootstrap()), 1);
     let _ferry = Reaped(spawn_ferry(&config, &dir.path().join("east.log")));
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let body = loop {
-        let (code, body) = http_get(http, "/health/ready").await.unwrap_or((0, String::new()));
-        if code == 503 && body.contains("refusing to publish") {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "never refused: {code} {body}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let body = wait_not_ready(http, "refusing to publish", &dir.path().join("east.log")).await;
     assert!(body.contains("keeps 1 copy") && body.contains("replication_factor 3"), "{body}");
 }
 
