@@ -315,6 +315,55 @@ async fn ungoverned_changes_that_find_no_row_or_write_nothing_are_dead_lettered_
     assert_eq!(applied.as_deref(), Some("1-101-6"));
 }
 
+#[tokio::test]
+async fn a_missing_privilege_during_apply_dead_letters_nothing_and_apply_resumes_once_granted() {
+    let west = West::start("west-grant", "{}", "").await;
+    // West's apply runs as `applier`: everything on ferry's schema and what replication needs,
+    // but only SELECT on the application's schema.
+    let mut root = west.db.root_conn().await.unwrap();
+    for sql in [
+        "CREATE USER applier@'%' IDENTIFIED BY 'applier-pw'",
+        "GRANT ALL PRIVILEGES ON ferry.* TO applier@'%'",
+        "GRANT SELECT ON t.* TO applier@'%'",
+        "GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR, REPLICATION MASTER ADMIN, BINLOG REPLAY, \
+         READ_ONLY ADMIN ON *.* TO applier@'%'",
+    ] {
+        root.query_drop(sql).await.unwrap();
+    }
+    let text = std::fs::read_to_string(&west.config).unwrap();
+    let (east_part, west_part) = text.split_at(text.find("  west:").unwrap());
+    let west_part = west_part.replacen("user: ferry", "user: applier", 1).replacen(
+        "password: ferry-test-pw",
+        "password: applier-pw",
+        1,
+    );
+    std::fs::write(&west.config, format!("{east_part}{west_part}")).unwrap();
+    let records = vec![east(1, None, &[1]), east(2, Some("1-101-1"), &[2]), east(3, Some("1-101-2"), &[3])];
+    produce(&west.broker.bootstrap(), TOPIC, &records).await;
+    let _ferry = west.run();
+
+    let body = west.wait_not_ready("refuses ferry's account").await;
+    assert!(
+        body.contains("command denied") && body.contains("`t`.`x`"),
+        "the reason names the privilege and the table: {body}"
+    );
+    let metrics = west.metrics().await;
+    assert!(metrics.contains("ferry_apply_refused{origin=\"east\"} 1"), "{metrics}");
+    assert!(metrics.contains("ferry_apply_errors_total{origin=\"east\",kind=\"refused\"}"), "{metrics}");
+    assert_eq!(west.ids().await, Vec::<i64>::new());
+
+    root.query_drop("GRANT INSERT, UPDATE, DELETE ON t.* TO applier@'%'").await.unwrap();
+    let granted = Instant::now();
+    west.wait_ids(&[1, 2, 3]).await;
+    println!("applied {:?} after the grant", granted.elapsed());
+    let metrics = west.metrics().await;
+    assert!(metrics.contains("ferry_apply_refused{origin=\"east\"} 0"), "{metrics}");
+    assert!(!metrics.contains("ferry_apply_dlq_records_total{"), "nothing dead-lettered: {metrics}");
+    assert!(metrics.contains("ferry_apply_paused{origin=\"east\"} 0"), "{metrics}");
+    let (code, body) = http_get(west.http, "/health/ready").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+}
+
 /// `/health/ready` at `http` once it answers 503 with `needle` in its body (within 30 s; the
 /// tail of `log` shows why not).
 async fn wait_not_ready(http: std::net::SocketAddr, needle: &str, log: &Path) -> String {

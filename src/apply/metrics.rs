@@ -53,6 +53,7 @@ pub struct ApplyMetrics {
     pub e2e_lag: Family<OriginLabels, Gauge<f64, AtomicU64>>,
     pub paused: Family<OriginLabels, Gauge>,
     pub gap: Family<OriginLabels, Gauge>,
+    pub refused: Family<OriginLabels, Gauge>,
     pub superseded: Family<OriginLabels, Counter>,
     pub backlog: Family<OriginLabels, Gauge>,
 }
@@ -71,6 +72,7 @@ impl ApplyMetrics {
         metrics.register(names::APPLY_E2E_LAG, m.e2e_lag.clone());
         metrics.register(names::APPLY_PAUSED, m.paused.clone());
         metrics.register(names::APPLY_GAP, m.gap.clone());
+        metrics.register(names::APPLY_REFUSED, m.refused.clone());
         metrics.register(names::APPLY_SUPERSEDED, m.superseded.clone());
         metrics.register(names::APPLY_BACKLOG, m.backlog.clone());
         m

@@ -33,6 +33,9 @@ use crate::transport::{changes_topic, dlq_topic};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How often apply tries again while the server refuses ferry's account (a missing grant is
+/// usually fixed by hand: resume soon after).
+const REFUSED_RECHECK: Duration = Duration::from_secs(3);
 /// While catching up, consecutive transactions are committed together, up to this many rows
 /// (and `apply.max_group_transactions` transactions).
 const MAX_GROUP_ROWS: usize = 5000;
@@ -159,6 +162,7 @@ impl ApplyRole {
         tracing::info!(origin = %self.origin, %topic, ?start, "applying");
         ctx.reporter.set(RoleState::Ready);
         self.metrics.paused.get_or_create(&self.labels()).set(0);
+        self.metrics.refused.get_or_create(&self.labels()).set(0);
 
         let next_offset = Arc::new(AtomicI64::new(match start {
             Offset::Offset(o) => o,
@@ -459,11 +463,28 @@ impl ApplyRole {
         session: &Session<'_>,
     ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
+        let mut refused = false;
         loop {
             match target.apply(&self.origin, group, how, session.topic, PARTITION).await {
                 Ok(outcome) => {
+                    if refused {
+                        self.metrics.refused.get_or_create(&self.labels()).set(0);
+                        session.ctx.reporter.set(RoleState::Ready);
+                        tracing::info!(origin = %self.origin, "the server accepts ferry's account again: applying");
+                    }
                     self.applied(&outcome, group, session);
                     return Ok(Ok(()));
+                }
+                Err(ApplyError::Refused(reason)) => {
+                    // Not the record's fault: never dead-lettered. Wait for the grant.
+                    if !refused {
+                        self.refused(&reason, session.ctx);
+                        refused = true;
+                    }
+                    tokio::select! {
+                        _ = session.ctx.shutdown.cancelled() => return Err(ApplyError::Lost("shutdown while refused".into())),
+                        _ = tokio::time::sleep(REFUSED_RECHECK) => {}
+                    }
                 }
                 Err(ApplyError::Permanent(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("permanent")).inc();
@@ -559,6 +580,22 @@ impl ApplyRole {
         }));
         ctx.reporter.set(RoleState::NotReady {
             reason: format!("stopped: gap in {}'s stream: {reason}", self.origin),
+        });
+    }
+
+    /// The server refuses ferry's account: count it, say why, and show it in readiness.
+    fn refused(&self, reason: &str, ctx: &RoleContext) {
+        self.metrics.errors.get_or_create(&self.kind("refused")).inc();
+        self.metrics.refused.get_or_create(&self.labels()).set(1);
+        tracing::error!(origin = %self.origin, %reason, recheck_every = ?REFUSED_RECHECK,
+            "the server refuses ferry's account (a missing privilege or a wrong password): nothing is \
+             dead-lettered; applying waits until the grant exists");
+        ctx.reporter.set(RoleState::NotReady {
+            reason: format!(
+                "waiting: the server refuses ferry's account ({reason}); grant it and apply resumes \
+                 (rechecked every {}s)",
+                REFUSED_RECHECK.as_secs()
+            ),
         });
     }
 
@@ -750,6 +787,15 @@ impl Role for ApplyRole {
                         // Paused: stay up (health shows why, the backlog grows) until shutdown.
                         ctx.shutdown.cancelled().await;
                         return Ok(());
+                    }
+                    Err(ApplyError::Refused(reason)) => {
+                        // Setting up the session (ferry's own tables, the stored position)
+                        // was refused: a grant is missing. Recheck soon, never back off far.
+                        self.refused(&reason, &ctx);
+                        tokio::select! {
+                            _ = ctx.shutdown.cancelled() => return Ok(()),
+                            _ = tokio::time::sleep(REFUSED_RECHECK) => {}
+                        }
                     }
                     Err(e) => {
                         if ctx.shutdown.is_cancelled() {

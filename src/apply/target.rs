@@ -29,6 +29,11 @@ pub enum ApplyError {
     /// The connection (or the broker) is gone: the session reconnects and seeks again.
     #[error("connection lost: {0}")]
     Lost(String),
+    /// The server refused ferry's account (authentication or a missing privilege): a
+    /// configuration problem, not a bad record. Nothing is dead-lettered; apply waits and
+    /// tries again until the grant exists.
+    #[error("refused: {0}")]
+    Refused(String),
     #[error("{0}")]
     Permanent(String),
 }
@@ -41,6 +46,10 @@ impl ApplyError {
             mysql_async::Error::Server(s) if matches!(s.code, 1205 | 1213 | 1317 | 1053) => {
                 ApplyError::Transient(message)
             }
+            _ if crate::failover::mysql::access_refused(&e) => ApplyError::Refused(message),
+            // The server is read-only: it is no longer the primary (a failover demoted it).
+            // Reconnecting finds the primary again.
+            mysql_async::Error::Server(s) if matches!(s.code, 1290 | 1836) => ApplyError::Lost(message),
             mysql_async::Error::Server(_) => ApplyError::Permanent(message),
             _ => ApplyError::Lost(message),
         }
@@ -419,6 +428,27 @@ fn nothing_to_write(change: &RowChange) -> ApplyError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn server_error(code: u16) -> ApplyError {
+        let e = mysql_async::ServerError { code, message: "m".into(), state: "HY000".into() };
+        ApplyError::from_sql("x", mysql_async::Error::Server(e))
+    }
+
+    #[test]
+    fn refused_privileges_wait_read_only_reconnects_deadlocks_retry_and_bad_data_is_permanent() {
+        for code in [1044, 1045, 1142, 1143, 1227, 1370, 1698] {
+            assert!(matches!(server_error(code), ApplyError::Refused(_)), "{code}");
+        }
+        for code in [1290, 1836] {
+            assert!(matches!(server_error(code), ApplyError::Lost(_)), "{code}");
+        }
+        for code in [1205, 1213] {
+            assert!(matches!(server_error(code), ApplyError::Transient(_)), "{code}");
+        }
+        for code in [1054, 1264, 1366, 1062] {
+            assert!(matches!(server_error(code), ApplyError::Permanent(_)), "{code}");
+        }
+    }
 
     #[test]
     fn replays_are_recognised_per_domain_or_uuid() {

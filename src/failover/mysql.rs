@@ -16,6 +16,13 @@ use mysql_async::{Conn, Opts, OptsBuilder, Row};
 use crate::config::{DbServer, MysqlConfig};
 use crate::model::Position;
 
+/// A server error that refuses ferry's account or one of its privileges (wrong password, no
+/// privilege on a schema, table, column or routine, a missing dynamic privilege): it says
+/// nothing about the server's health or the data, only that the configuration is wrong.
+pub fn access_refused(e: &mysql_async::Error) -> bool {
+    matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1044 | 1045 | 1142 | 1143 | 1227 | 1370 | 1698))
+}
+
 /// Who ferry connects as: its own account, and the one replicas replicate with.
 #[derive(Clone)]
 pub struct Accounts {

@@ -195,6 +195,11 @@ pub const APPLY_GAP: MetricName = m(
     Gauge,
     "1 while applying from an origin is stopped because transactions are missing from its topic (label: origin)",
 );
+pub const APPLY_REFUSED: MetricName = m(
+    "ferry_apply_refused",
+    Gauge,
+    "1 while applying from an origin waits because the server refuses ferry's account a privilege or its password (label: origin)",
+);
 pub const APPLY_SUPERSEDED: MetricName = m(
     "ferry_apply_superseded",
     Counter,
@@ -245,6 +250,7 @@ pub const ALL: &[MetricName] = &[
     WATCH_CREDENTIALS_REFUSED,
     APPLY_PAUSED,
     APPLY_GAP,
+    APPLY_REFUSED,
     APPLY_SUPERSEDED,
     APPLY_BACKLOG,
 ];

@@ -21,8 +21,8 @@ pub struct Credentials {
 pub enum Failure {
     /// The target did not answer as a healthy one should.
     Unhealthy(String),
-    /// The target answered, refusing ferry's credentials or privileges (MySQL 1044, 1045,
-    /// 1142, 1143, 1227; Redis NOAUTH, WRONGPASS, NOPERM): says nothing of its health.
+    /// The target answered, refusing ferry's credentials or privileges (MySQL: see
+    /// `failover::mysql::access_refused`; Redis NOAUTH, WRONGPASS, NOPERM): says nothing of its health.
     Credentials(String),
 }
 
@@ -32,14 +32,6 @@ impl Failure {
             Failure::Unhealthy(r) | Failure::Credentials(r) => r,
         }
     }
-}
-
-/// MySQL server errors that refuse an account or a privilege.
-const MYSQL_ACCESS_ERRORS: &[u16] = &[1044, 1045, 1142, 1143, 1227];
-
-/// A MySQL error that refuses ferry's account or one of its privileges.
-pub fn mysql_access_error(e: &mysql_async::Error) -> bool {
-    matches!(e, mysql_async::Error::Server(s) if MYSQL_ACCESS_ERRORS.contains(&s.code))
 }
 
 /// A Redis error that refuses ferry's password or one of its ACL permissions.
@@ -63,7 +55,11 @@ pub async fn probe(
 fn mysql_failure(context: &str) -> impl Fn(mysql_async::Error) -> Failure + '_ {
     move |e| {
         let reason = format!("{context}: {e}");
-        if mysql_access_error(&e) { Failure::Credentials(reason) } else { Failure::Unhealthy(reason) }
+        if crate::failover::mysql::access_refused(&e) {
+            Failure::Credentials(reason)
+        } else {
+            Failure::Unhealthy(reason)
+        }
     }
 }
 
