@@ -274,6 +274,10 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
     for role in crate::apply::role::ApplyRole::from_config(&config, &apply_metrics) {
         supervisor.add(Box::new(role));
     }
+    let reach_metrics = crate::transport::reach::ReachMetrics::register(&metrics);
+    for role in crate::transport::reach::BrokerProbe::from_config(&config, &reach_metrics) {
+        supervisor.add(Box::new(role));
+    }
     let watch_metrics = crate::watch::role::WatchMetrics::register(&metrics);
     if let Some(role) = crate::watch::role::WatchRole::from_config(&config, watch_metrics) {
         supervisor.add(Box::new(role));

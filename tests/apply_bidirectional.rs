@@ -5,34 +5,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ferry::sandbox::{Broker, MariaDb, http_get, install_schemas, pick_port};
+use ferry::sandbox::{Broker, MariaDb, http_get, install_schemas};
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{FERRY, db_options, dump, region_yaml, wait_ready};
-
-/// The config of `region` in a deployment of `regions` (name, database), all on one broker.
-fn write_config(
-    dir: &Path,
-    region: &str,
-    regions: &[(&str, &MariaDb)],
-    broker: &Broker,
-) -> (PathBuf, std::net::SocketAddr) {
-    let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
-    let mut text = format!("region: {region}\nregions:\n");
-    for (i, (name, db)) in regions.iter().enumerate() {
-        let p = i as u32 + 1;
-        text.push_str(&region_yaml(name, db, p, p, &broker.bootstrap()));
-    }
-    let reader = 1000 * (regions.iter().position(|(n, _)| *n == region).unwrap_or(0) + 1) + 1;
-    text.push_str(&format!(
-        "http: {{ listen: \"{http}\" }}\nlog: {{ format: json }}\n\
-         capture: {{ server_id: {reader}, checkpoint_interval: 200ms }}\napply: {{ on_error: pause }}\n"
-    ));
-    let path = dir.join(format!("{region}.yaml"));
-    std::fs::write(&path, text).unwrap();
-    (path, http)
-}
+use common::{FERRY, db_options, dump, region_config, wait_ready};
 
 struct Ferry(std::process::Child, PathBuf);
 
@@ -147,8 +124,8 @@ async fn two_regions_written_concurrently_converge_without_loops() {
     install_schemas(&west).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let regions = [("east", &east), ("west", &west)];
-    let (east_cfg, east_http) = write_config(dir.path(), "east", &regions, &broker);
-    let (west_cfg, west_http) = write_config(dir.path(), "west", &regions, &broker);
+    let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
+    let (west_cfg, west_http) = region_config(dir.path(), "west", &regions, &broker.bootstrap());
     let _east_ferry = Ferry::start(&east_cfg, &dir.path().join("east.log"));
     let _west_ferry = Ferry::start(&west_cfg, &dir.path().join("west.log"));
     wait_ready(east_http).await;
@@ -237,7 +214,7 @@ async fn a_three_region_ring_converges_the_same_way() {
     let mut ferries = Vec::new();
     let mut https = Vec::new();
     for name in names {
-        let (cfg, http) = write_config(dir.path(), name, &regions, &broker);
+        let (cfg, http) = region_config(dir.path(), name, &regions, &broker.bootstrap());
         ferries.push(Ferry::start(&cfg, &dir.path().join(format!("{name}.log"))));
         https.push(http);
     }

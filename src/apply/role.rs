@@ -66,6 +66,9 @@ pub struct ApplyRole {
     /// What the origin's transactions may claim and write.
     admission: Admission,
     metrics: ApplyMetrics,
+    /// When what was last applied here happened at the origin: the lag gauges are refreshed
+    /// from it every second, so they grow while nothing arrives (a broker outage, a pause).
+    clock: LagClock,
 }
 
 impl ApplyRole {
@@ -94,6 +97,7 @@ impl ApplyRole {
                 config: shared.clone(),
                 admission: Admission::new(origin, &remote.mysql, apply.schemas.as_deref()),
                 metrics: metrics.clone(),
+                clock: LagClock::default(),
             })
             .collect()
     }
@@ -168,11 +172,19 @@ impl ApplyRole {
             Offset::Offset(o) => o,
             _ => 0,
         }));
+        if self.clock.beat_us.load(Ordering::Relaxed) == 0
+            && let Some(beat) = target.last_beat(&self.origin).await?
+        {
+            self.clock.beat_us.store(beat, Ordering::Relaxed);
+        }
         let backlog = BacklogProbe::start(
             consumer.clone(),
             topic.clone(),
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
+            self.clock.clone(),
+            self.metrics.lag.get_or_create(&self.labels()).clone(),
+            self.metrics.e2e_lag.get_or_create(&self.labels()).clone(),
         );
         if let Some(reason) = start_gap {
             self.stop_on_gap(&reason, applied.as_ref().map(|a| &a.gtid), ctx);
@@ -548,9 +560,8 @@ impl ApplyRole {
 
     /// Update the lag metrics; returns the apply lag in seconds.
     fn observe_lag(&self, group: &[Transaction], last: &Transaction) -> f64 {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-        let seconds = |us: i64| ((now - us) as f64 / 1e6).max(0.0);
-        self.metrics.lag.get_or_create(&self.labels()).set(seconds(last.commit_time_us));
+        self.clock.commit_us.fetch_max(last.commit_time_us, Ordering::Relaxed);
+        self.metrics.lag.get_or_create(&self.labels()).set(seconds_since(last.commit_time_us));
         let rows = group.iter().flat_map(|t| &t.rows);
         let beat = rows.rev().find(|r| r.db == "ferry" && r.table == "heartbeat").and_then(|r| {
             match r.after.as_ref()?.get("beat_at_us")? {
@@ -559,9 +570,10 @@ impl ApplyRole {
             }
         });
         if let Some(beat) = beat {
-            self.metrics.e2e_lag.get_or_create(&self.labels()).set(seconds(beat));
+            self.clock.beat_us.fetch_max(beat, Ordering::Relaxed);
+            self.metrics.e2e_lag.get_or_create(&self.labels()).set(seconds_since(beat));
         }
-        seconds(last.commit_time_us)
+        seconds_since(last.commit_time_us)
     }
 
     /// Stop applying this origin: transactions are missing (never skipped, whatever
@@ -706,19 +718,48 @@ enum Event<F> {
 /// How often the backlog (high watermark − next offset to apply) is measured.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
-/// Measures the backlog in the background; stops when dropped. Fetching watermarks is a
-/// blocking network round trip in rdkafka, so it runs off the async threads.
+/// Seconds from `us` (microseconds since the Unix epoch) to now, never negative.
+fn seconds_since(us: i64) -> f64 {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+    ((now - us) as f64 / 1e6).max(0.0)
+}
+
+/// The origin commit time of the newest transaction applied here and the newest origin
+/// heartbeat applied here (microseconds since the Unix epoch; 0: not known yet).
+#[derive(Clone, Default)]
+struct LagClock {
+    commit_us: Arc<AtomicI64>,
+    beat_us: Arc<AtomicI64>,
+}
+
+/// Measures the backlog in the background and keeps the lag gauges growing while nothing is
+/// applied; stops when dropped. Fetching watermarks is a blocking network round trip in
+/// rdkafka, so it runs off the async threads.
 struct BacklogProbe {
     _task: AbortOnDrop,
 }
 
 impl BacklogProbe {
-    fn start(consumer: Arc<StreamConsumer>, topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
+    fn start(
+        consumer: Arc<StreamConsumer>,
+        topic: String,
+        next: Arc<AtomicI64>,
+        gauge: Gauge,
+        clock: LagClock,
+        lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+        e2e_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
+    ) -> Self {
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(BACKLOG_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
                 tick.tick().await;
+                for (at, gauge) in [(&clock.commit_us, &lag), (&clock.beat_us, &e2e_lag)] {
+                    let at = at.load(Ordering::Relaxed);
+                    if at > 0 {
+                        gauge.set(seconds_since(at));
+                    }
+                }
                 let (c, t) = (consumer.clone(), topic.clone());
                 let fetched =
                     tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, PARTITION, BACKLOG_EVERY))

@@ -194,6 +194,14 @@ impl Target {
         .transpose()
     }
 
+    /// The newest heartbeat of `origin` applied here (`beat_at_us`), if any.
+    pub async fn last_beat(&mut self, origin: &str) -> Result<Option<i64>, ApplyError> {
+        self.conn
+            .exec_first("SELECT beat_at_us FROM ferry.heartbeat WHERE region = ?", (origin,))
+            .await
+            .map_err(|e| ApplyError::from_sql("reading ferry.heartbeat", e))
+    }
+
     /// Apply consecutive origin transactions (from `topic` partition `partition`) as one local
     /// transaction: each stays whole, the group carries the last one's GTID, and
     /// `ferry.applied` records the last one. Transactions `ferry.applied` already covers are

@@ -55,6 +55,11 @@ pub const PROCESS_THREADS: MetricName = m("ferry_process_threads", Gauge, "Numbe
 
 pub const CAPTURE_CONNECTED: MetricName =
     m("ferry_capture_connected", Gauge, "1 while the binlog stream of the local primary is connected");
+pub const KAFKA_REACHABLE: MetricName = m(
+    "ferry_kafka_reachable",
+    Gauge,
+    "1 while a region's brokers answer ferry's metadata requests within 2 s, 0 while they do not (label: region)",
+);
 pub const CAPTURE_EVENTS: MetricName = m(
     "ferry_capture_events",
     Counter,
@@ -217,6 +222,7 @@ pub const ALL: &[MetricName] = &[
     PROCESS_OPEN_FDS,
     PROCESS_THREADS,
     CAPTURE_CONNECTED,
+    KAFKA_REACHABLE,
     CAPTURE_EVENTS,
     CAPTURE_TRANSACTIONS,
     CAPTURE_ROWS,

@@ -51,10 +51,16 @@ pub struct KafkaSink {
     topic: String,
 }
 
+/// The longest wait between attempts to reconnect to a broker.
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
 /// Client settings shared by producers and consumers.
 pub fn client_config(bootstrap: &[String]) -> ClientConfig {
     let mut config = ClientConfig::new();
     config.set("bootstrap.servers", bootstrap.join(","));
+    // librdkafka waits up to 10 s between attempts to reach a broker that went away; cap it so
+    // capture and apply resume within about a second of the broker's return.
+    config.set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX.as_millis().to_string());
     // Brokers given as IPv4 literals: don't let the client try IPv6 first.
     if bootstrap
         .iter()

@@ -4,6 +4,7 @@
 
 pub mod envelope;
 pub mod kafka;
+pub mod reach;
 
 /// The topic a region's changes are published to.
 pub fn changes_topic(region: &str) -> String {

@@ -1,10 +1,10 @@
 //! Helpers shared by the integration tests that run `ferry run` against a test topology.
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
-use ferry::sandbox::MariaDb;
+use ferry::sandbox::{MariaDb, pick_port};
 
 pub const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -217,4 +217,27 @@ pub fn dead_letters(bootstrap: &str, topic: &str, want: usize) -> Vec<serde_json
         }
     }
     out
+}
+
+/// The config of `region` in a deployment of `regions` (name, database), all on one broker.
+pub fn region_config(
+    dir: &Path,
+    region: &str,
+    regions: &[(&str, &MariaDb)],
+    bootstrap: &str,
+) -> (PathBuf, std::net::SocketAddr) {
+    let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
+    let mut text = format!("region: {region}\nregions:\n");
+    for (i, (name, db)) in regions.iter().enumerate() {
+        let p = i as u32 + 1;
+        text.push_str(&region_yaml(name, db, p, p, bootstrap));
+    }
+    let reader = 1000 * (regions.iter().position(|(n, _)| *n == region).unwrap_or(0) + 1) + 1;
+    text.push_str(&format!(
+        "http: {{ listen: \"{http}\" }}\nlog: {{ format: json }}\n\
+         capture: {{ server_id: {reader}, checkpoint_interval: 200ms }}\napply: {{ on_error: pause }}\n"
+    ));
+    let path = dir.join(format!("{region}.yaml"));
+    std::fs::write(&path, text).unwrap();
+    (path, http)
 }
