@@ -364,6 +364,80 @@ async fn a_missing_privilege_during_apply_dead_letters_nothing_and_apply_resumes
     assert_eq!(code, 200, "{body}");
 }
 
+#[tokio::test]
+async fn a_row_a_local_write_creates_while_apply_inserts_it_is_decided_by_the_rules_not_overwritten() {
+    let west = West::start("west-race", "{}", "").await;
+    let mut local = west.db.conn().await.unwrap();
+    local
+        .query_drop(
+            "CREATE TABLE t.v (id INT PRIMARY KEY, note VARCHAR(40), updated_at DATETIME(6) NOT NULL)",
+        )
+        .await
+        .unwrap();
+    // West inserts row 7 (newer than east's) and has not committed when apply reads: apply
+    // finds no row 7, so nothing to decide, and its insert waits for west's lock.
+    local.query_drop("BEGIN").await.unwrap();
+    local.query_drop("INSERT INTO t.v VALUES (7, 'west', '2026-01-01 00:00:09')").await.unwrap();
+    let image = Row(vec![
+        ("id".into(), Value::Int { v: 7 }),
+        ("note".into(), Value::Text { v: "east".into() }),
+        ("updated_at".into(), Value::Datetime { v: "2026-01-01 00:00:01.000000".into(), p: 6 }),
+    ]);
+    let insert = RowChange {
+        db: "t".into(),
+        table: "v".into(),
+        op: Op::Insert,
+        key: Row(vec![("id".into(), Value::Int { v: 7 })]),
+        before: None,
+        after: Some(image),
+        generated: Vec::new(),
+    };
+    let records = txn("east", (1, EAST_SERVER_ID, 1), None, &[insert], 1 << 20);
+    produce(&west.broker.bootstrap(), TOPIC, &records).await;
+    let _ferry = west.run();
+    let mut root = west.db.root_conn().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Apply's insert of row 7, waiting for west's lock (the sandbox's lock wait timeout
+        // is short; apply retries it until west commits).
+        let waiting: Option<u64> = root
+            .query_first(
+                "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'INSERT INTO `t`.`v`%'",
+            )
+            .await
+            .unwrap();
+        if waiting.unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "apply never waited for west's lock; log:\n{}", west.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    local.query_drop("COMMIT").await.unwrap();
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let applied: Option<String> =
+            root.query_first("SELECT gtid FROM ferry.applied WHERE origin = 'east'").await.unwrap();
+        if applied.as_deref() == Some("1-101-1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "east's insert was never applied; log:\n{}", west.log());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let note: Option<String> = root.query_first("SELECT note FROM t.v WHERE id = 7").await.unwrap();
+    assert_eq!(
+        note.as_deref(),
+        Some("west"),
+        "west's newer row stays; east's older insert lost the conflict"
+    );
+    let logged: Vec<(String, String)> =
+        root.query("SELECT kind, winner FROM ferry.conflicts WHERE table_name = 't.v'").await.unwrap();
+    assert_eq!(logged, vec![("insert_insert".to_string(), "local".to_string())], "the conflict is logged");
+    let metrics = west.metrics().await;
+    assert!(metrics.contains("ferry_apply_errors_total{origin=\"east\",kind=\"raced\"} 1"), "{metrics}");
+    assert!(!metrics.contains("ferry_apply_dlq_records_total{"), "nothing dead-lettered: {metrics}");
+}
+
 /// `/health/ready` at `http` once it answers 503 with `needle` in its body (within 30 s; the
 /// tail of `log` shows why not).
 async fn wait_not_ready(http: std::net::SocketAddr, needle: &str, log: &Path) -> String {

@@ -782,7 +782,8 @@ impl Plan {
 /// One row of a multi-row insert: a placeholder and a bound value per column.
 type Tuple = Vec<(&'static str, MyValue)>;
 /// The columns of an upsert, and whether its delta columns add.
-type UpsertShape = (Vec<String>, bool);
+/// (columns, delta columns add, the keys were absent when read).
+type UpsertShape = (Vec<String>, bool, bool);
 
 /// `INSERT INTO … (cols) VALUES (…), … <tail>`, `WRITE_CHUNK` rows per statement.
 fn inserts(into: &str, cols: &[String], rows: Vec<Tuple>, tail: &str) -> Vec<Statement> {
@@ -797,6 +798,7 @@ fn inserts(into: &str, cols: &[String], rows: Vec<Tuple>, tail: &str) -> Vec<Sta
                 sql: format!("INSERT INTO {into} ({}) VALUES {}{tail}", names.join(", "), tuples.join(", ")),
                 params: chunk.iter().flatten().map(|(_, v)| v.clone()).collect(),
                 finds: None,
+                fresh: false,
             }
         })
         .collect()
@@ -810,6 +812,7 @@ fn deletes(from: &str, cols: &[String], rows: Vec<Vec<MyValue>>) -> Vec<Statemen
             sql: format!("DELETE FROM {from} WHERE {}", conditions(cols, chunk.len()).1),
             params: chunk.iter().flatten().cloned().collect(),
             finds: None,
+            fresh: false,
         })
         .collect()
 }
@@ -859,22 +862,20 @@ impl Plan {
             .collect();
         out.extend(deletes(&table, &pk, gone));
 
-        // Upserts, per column set: absolute images, and images whose delta columns add.
-        // ((columns, delta columns add), rows)
+        // Upserts, per column set: absolute images, and images whose delta columns add. A
+        // key absent when read is inserted without `ON DUPLICATE KEY UPDATE`: it was not
+        // locked, and a row a local write created since must be decided, not overwritten.
         let mut shapes: Vec<(UpsertShape, Vec<Tuple>)> = Vec::new();
-        let mut add = |cols: Vec<String>, merge: bool, tuple: Tuple| match shapes
-            .iter_mut()
-            .find(|(k, _)| k.0 == cols && k.1 == merge)
-        {
+        let mut add = |shape: UpsertShape, tuple: Tuple| match shapes.iter_mut().find(|(k, _)| *k == shape) {
             Some((_, rows)) => rows.push(tuple),
-            None => shapes.push(((cols, merge), vec![tuple])),
+            None => shapes.push((shape, vec![tuple])),
         };
         let mut bumps = Vec::new();
         for (_, s) in &self.states {
+            let fresh = !s.existed;
             match &s.effect {
                 Effect::Absolute(image) => add(
-                    image.columns().map(str::to_string).collect(),
-                    false,
+                    (image.columns().map(str::to_string).collect(), false, fresh),
                     image.0.iter().map(|(_, v)| typed(v)).collect(),
                 ),
                 Effect::Relative { image: Some(image), deltas } => {
@@ -886,7 +887,7 @@ impl Plan {
                             false => typed(v),
                         })
                         .collect();
-                    add(image.columns().map(str::to_string).collect(), true, tuple)
+                    add((image.columns().map(str::to_string).collect(), true, fresh), tuple)
                 }
                 Effect::Relative { image: None, deltas } if deltas.values().any(|d| !d.is_zero()) => {
                     let mut sets: Vec<String> =
@@ -902,12 +903,18 @@ impl Plan {
                         sql: format!("UPDATE {table} SET {} WHERE {}", sets.join(", "), cond.join(" AND ")),
                         params,
                         finds: None,
+                        fresh: false,
                     });
                 }
                 _ => {}
             }
         }
-        for ((cols, merge), rows) in shapes {
+        for ((cols, merge, fresh), rows) in shapes {
+            if fresh {
+                let statements = inserts(&table, &cols, rows, "");
+                out.extend(statements.into_iter().map(|s| Statement { fresh: true, ..s }));
+                continue;
+            }
             let updates: Vec<String> = cols
                 .iter()
                 .map(|c| match merge && shape.policy.is_delta(c) {

@@ -33,6 +33,8 @@ use crate::transport::{changes_topic, dlq_topic};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How many times in a row a group is decided again after local writes raced its inserts.
+const RACE_RETRIES: u32 = 5;
 /// How often apply tries again while the server refuses ferry's account (a missing grant is
 /// usually fixed by hand: resume soon after).
 const REFUSED_RECHECK: Duration = Duration::from_secs(3);
@@ -388,7 +390,13 @@ impl ApplyRole {
         let next = group.last().map(|t| t.last_offset + 1).unwrap_or_default();
         loop {
             let aborts = sequencer.ready(seq, after).await;
-            match target.stage(&self.origin, &group, Statements::Batched).await {
+            let staged = target.stage(&self.origin, &group, Statements::Batched).await;
+            if let Err(ApplyError::Raced(reason)) = &staged {
+                // Counted here: the serial path's new decision usually succeeds.
+                self.metrics.errors.get_or_create(&self.kind("raced")).inc();
+                tracing::info!(origin = %self.origin, %reason, "a local write created a row apply was inserting; deciding again");
+            }
+            match staged {
                 Ok(staged) => {
                     if !sequencer.my_turn(seq, aborts).await {
                         // A group before this one needs a lock it holds: roll back, go again alone.
@@ -476,6 +484,7 @@ impl ApplyRole {
     ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
         let mut refused = false;
+        let mut races = 0;
         loop {
             match target.apply(&self.origin, group, how, session.topic, PARTITION).await {
                 Ok(outcome) => {
@@ -501,6 +510,16 @@ impl ApplyRole {
                 Err(ApplyError::Permanent(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("permanent")).inc();
                     return Ok(Err(reason));
+                }
+                Err(ApplyError::Raced(reason)) => {
+                    // Decided again at once over the row that appeared. A race that keeps
+                    // coming back is not a race: treated as the permanent error it is.
+                    self.metrics.errors.get_or_create(&self.kind("raced")).inc();
+                    races += 1;
+                    if races > RACE_RETRIES {
+                        return Ok(Err(reason));
+                    }
+                    tracing::info!(origin = %self.origin, %reason, "a local write created a row apply was inserting; deciding again");
                 }
                 Err(ApplyError::Transient(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("transient")).inc();

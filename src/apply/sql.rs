@@ -16,6 +16,10 @@ pub struct Statement {
     /// an update or delete of the origin's row that finds nothing here is an error, never a
     /// silent no-op. None: not checked.
     pub finds: Option<u64>,
+    /// Inserts only rows whose keys were absent when apply read them (absent keys are not
+    /// locked): a duplicate key then means a local write created the row since, and the group
+    /// is decided again over what is there now (`ApplyError::Raced`), never overwritten.
+    pub fresh: bool,
 }
 
 /// `` `name` `` with backticks doubled.
@@ -96,6 +100,7 @@ pub fn upsert(change: &RowChange) -> Option<Statement> {
         ),
         params: cols.iter().map(|(_, v)| bind(v)).collect(),
         finds: None,
+        fresh: false,
     })
 }
 
@@ -126,6 +131,7 @@ pub fn update(change: &RowChange) -> Option<Statement> {
         sql: format!("UPDATE {} SET {} WHERE {cond}{limit}", table(change), assignments.join(", ")),
         params,
         finds: Some(1),
+        fresh: false,
     })
 }
 
@@ -137,6 +143,7 @@ pub fn delete(change: &RowChange) -> Option<Statement> {
         sql: format!("DELETE FROM {} WHERE {cond}{limit}", table(change)),
         params,
         finds: Some(1),
+        fresh: false,
     })
 }
 
@@ -253,6 +260,7 @@ fn by_keys(verb: &str, rows: &[KeyedRow<'_>]) -> Statement {
         ),
         params,
         finds: Some(rows.iter().filter(|(_, _, must_exist)| *must_exist).count() as u64),
+        fresh: false,
     }
 }
 
@@ -379,6 +387,7 @@ pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statem
                 ),
                 params,
                 finds: None,
+                fresh: false,
             });
         }
     }

@@ -34,6 +34,10 @@ pub enum ApplyError {
     /// tries again until the grant exists.
     #[error("refused: {0}")]
     Refused(String),
+    /// A row apply found absent (and so could not lock) was created by a local write before
+    /// apply's insert: the group is decided again over what the table holds now.
+    #[error("raced by a local write: {0}")]
+    Raced(String),
     #[error("{0}")]
     Permanent(String),
 }
@@ -406,9 +410,13 @@ pub(super) async fn execute(
                 .map_err(|e| ApplyError::from_sql(&context, e))?;
             count.unwrap_or(0)
         } else {
-            conn.exec_drop(&statement.sql, statement.params)
-                .await
-                .map_err(|e| ApplyError::from_sql(&context, e))?;
+            let fresh = statement.fresh;
+            conn.exec_drop(&statement.sql, statement.params).await.map_err(|e| match &e {
+                mysql_async::Error::Server(s) if fresh && s.code == 1062 => {
+                    ApplyError::Raced(format!("{context}: {}", s.message))
+                }
+                _ => ApplyError::from_sql(&context, e),
+            })?;
             conn.affected_rows()
         };
         if let Some(want) = statement.finds
