@@ -1015,6 +1015,9 @@ impl Plan {
 }
 
 #[cfg(test)]
+mod props;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::model::MariaGtid;

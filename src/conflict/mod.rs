@@ -193,7 +193,11 @@ pub fn decide(local: Local, incoming: Incoming) -> Decision {
     match (incoming.op, local) {
         (Op::Insert, Local::Gone { tombstone: None }) => none(Action::Insert),
         (Op::Insert | Op::Update, Local::Gone { tombstone: Some(t) }) => {
-            if t.beats(&incoming.stamp) {
+            // A delete's version is that of the row it deleted, so a write with the same
+            // version is one the delete saw (arriving late, through another origin's topic):
+            // the tombstone wins the tie whichever region wrote, as the row's own region
+            // decides when the delete reaches it (`unchanged_here`).
+            if t.at_us >= incoming.stamp.at_us {
                 with(
                     Action::Keep,
                     Conflict { kind: Kind::UpdateDelete, winner: Winner::Local, rule: Rule::Tombstone },
