@@ -15,7 +15,15 @@ mod common;
 use common::{Lcg, region_yaml, spawn_ferry};
 const KILLS: usize = 10;
 
-fn config(dir: &Path, region: &str, east: &MariaDb, west: &MariaDb, broker: &Broker, role: &str) -> PathBuf {
+/// The config of `region` and its HTTP port.
+fn config(
+    dir: &Path,
+    region: &str,
+    east: &MariaDb,
+    west: &MariaDb,
+    broker: &Broker,
+    role: &str,
+) -> (PathBuf, u16) {
     let http = pick_port([127, 0, 0, 1].into(), None).unwrap();
     let r = |name: &str, db: &MariaDb, domain: u32, priority: u32| {
         region_yaml(name, db, domain, priority, &broker.bootstrap())
@@ -30,7 +38,7 @@ fn config(dir: &Path, region: &str, east: &MariaDb, west: &MariaDb, broker: &Bro
         ),
     )
     .unwrap();
-    path
+    (path, http)
 }
 
 /// How often each domain-1 GTID was written to `db`'s binlog.
@@ -81,7 +89,7 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
     .await
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let east_cfg = config(
+    let (east_cfg, _) = config(
         dir.path(),
         "east",
         &east,
@@ -89,7 +97,8 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
         &broker,
         "capture: { server_id: 1001, checkpoint_interval: 200ms }",
     );
-    let west_cfg = config(dir.path(), "west", &east, &west, &broker, "apply: { on_error: pause }");
+    let (west_cfg, west_http) =
+        config(dir.path(), "west", &east, &west, &broker, "apply: { on_error: pause }");
     let (east_log, west_log) = (dir.path().join("east.log"), dir.path().join("west.log"));
     let mut capture = spawn_ferry(&east_cfg, &east_log);
     // Let capture store its first checkpoint before writing.
@@ -144,12 +153,43 @@ async fn killing_the_applier_and_rewinding_applies_every_transaction_exactly_onc
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    // Give the rewound reader time to re-read everything it had applied.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let _ = applier.kill();
-    let _ = applier.wait();
+    // The rewound reader must reach the end of the topic (everything it had applied read
+    // again, and skipped): stop capture, then wait for ferry.applied to name the last record.
     let _ = capture.kill();
     let _ = capture.wait();
+    let high = {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", broker.bootstrap())
+            .set("broker.address.family", "v4")
+            .create()
+            .unwrap();
+        c.fetch_watermarks("ferry.east.changes", 0, Duration::from_secs(10)).unwrap().1
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let at: Option<i64> =
+            w.query_first("SELECT kafka_offset FROM ferry.applied WHERE origin = 'east'").await.unwrap();
+        if at == Some(high - 1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rewound reader stopped at offset {at:?} of {high}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], west_http));
+    let (_, metrics) = ferry::sandbox::http_get(addr, "/metrics").await.unwrap();
+    let duplicates: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("ferry_apply_duplicates_total{origin=\"east\"} "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    println!(
+        "the rewound reader reached offset {} and skipped {duplicates} transactions it had applied",
+        high - 1
+    );
+    assert!(duplicates > 100.0, "the rewound reader re-read what it had applied ({duplicates} duplicates)");
+    let _ = applier.kill();
+    let _ = applier.wait();
 
     let seen: Vec<(i64, i64)> =
         w.query("SELECT COUNT(*), COALESCE(SUM(n > 1), 0) FROM t.seen").await.unwrap();

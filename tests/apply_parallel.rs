@@ -184,6 +184,30 @@ async fn four_connections_apply_a_tricky_history_exactly_as_the_origin_wrote_it(
     let apply = "{ on_error: pause, workers: 4, max_group_transactions: 1 }";
     let config = apply_only_config(dir.path(), &west, &broker.bootstrap(), http, apply);
     let log = dir.path().join("west.log");
+    // While apply runs, sample how many of ferry's connections are busy at once in the server
+    // (running a statement or holding a transaction; the test's own connection left out):
+    // more than one proves the connections overlap.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let own: u64 = c.query_first("SELECT CONNECTION_ID()").await.unwrap().unwrap();
+    let sampler = {
+        let (stop, mut root) = (stop.clone(), west.root_conn().await.unwrap());
+        tokio::spawn(async move {
+            let mut peak = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let open: Option<u64> = root
+                    .query_first(format!(
+                        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+                         WHERE USER = 'ferry' AND ID <> {own} AND (COMMAND <> 'Sleep' OR ID IN \
+                         (SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX))"
+                    ))
+                    .await
+                    .unwrap();
+                peak = peak.max(open.unwrap_or(0));
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            peak
+        })
+    };
     let ferry = Reaped(spawn_ferry(&config, &log));
 
     let want = format!("1-101-{TRANSACTIONS}");
@@ -206,6 +230,10 @@ async fn four_connections_apply_a_tricky_history_exactly_as_the_origin_wrote_it(
     }
     let (_, metrics) = http_get(http, "/metrics").await.unwrap();
     drop(ferry);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let overlapping = sampler.await.unwrap();
+    println!("at most {overlapping} of ferry's connections were busy at once");
+    assert!(overlapping >= 2, "the four connections never applied at the same time (peak {overlapping})");
 
     let parents: Vec<(i64, String, i64)> = c.query("SELECT id, code, n FROM t.o ORDER BY id").await.unwrap();
     let expected: Vec<(i64, String, i64)> =

@@ -225,6 +225,19 @@ async fn two_regions_writing_the_same_rows_converge_and_log_every_conflict() {
         .unwrap();
     }
 
+    // Who must win each double insert, from the versions each region stamped (the later wins;
+    // equal: east, priority 1), as east's log will say it.
+    let mut expect = Vec::new();
+    for sql in [
+        "SELECT CAST(updated_at AS CHAR) FROM psi.products WHERE id = 500",
+        "SELECT CAST(updated_at AS CHAR) FROM psi.orders WHERE order_no = 'DUP-1'",
+    ] {
+        let east_version: String = e.query_first(sql).await.unwrap().unwrap();
+        let west_version: String = w.query_first(sql).await.unwrap().unwrap();
+        expect.push(if east_version >= west_version { "local" } else { "incoming" });
+    }
+    let winners = (expect[0], expect[1]);
+
     // East first: its capture records the tombstones of its deletes before west's changes
     // can reach it (they are not even published until west's ferry starts).
     east_ferry = Some(Reaped(spawn_ferry(&east_cfg, &east_log)));
@@ -265,7 +278,7 @@ async fn two_regions_writing_the_same_rows_converge_and_log_every_conflict() {
         e.query("SELECT id, order_no FROM psi.orders WHERE order_no = 'DUP-1'").await.unwrap();
     assert_eq!(orders.len(), 1, "one DUP-1 survives: {orders:?}");
 
-    let winners = dup_winner(&mut e).await;
+    assert_eq!(dup_winner(&mut e).await, winners, "the later insert survived (product 500, DUP-1)");
     let key = |t: &str, k: &str, w: &str| (t.to_string(), k.to_string(), w.to_string());
     let east_expected: BTreeMap<_, u64> = [
         (key("psi.products", "update_update", "local"), 5), // ties: east keeps its own
@@ -366,8 +379,7 @@ async fn the_collector_deletes_only_what_is_older_than_the_horizon() {
     }
 }
 
-/// Which side won in east's log for the product-500 insert and the DUP-1 order: the later
-/// version (each region stamped its own insert with its own clock).
+/// Whose product 500 and DUP-1 order survived, as east's log names the winner.
 async fn dup_winner(e: &mut mysql_async::Conn) -> (&'static str, &'static str) {
     let name: String = e.query_first("SELECT sku FROM psi.products WHERE id = 500").await.unwrap().unwrap();
     let product = if name.ends_with("-1") { "local" } else { "incoming" };

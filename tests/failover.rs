@@ -456,6 +456,18 @@ async fn a_frozen_mariadb_primary_is_fenced_when_it_resumes() {
             "operator rebuilt the fenced old primary: ferry stopped counting it {:?} later",
             rebuilt.elapsed()
         );
+    } else {
+        // It held nothing the new primary lacked, so ferry let it rejoin: no rebuild to do,
+        // but say so and check it really replicates from the new primary.
+        assert!(outcome.contains("rejoined as a replica"), "an outcome this test knows: {outcome}");
+        let mut old = ferry_conn(&west.mysql.primary).await;
+        let status: Option<mysql_async::Row> = old.query_first("SHOW SLAVE STATUS").await.unwrap();
+        let status = status.expect("the old primary replicates");
+        let master: Option<String> = status.get("Master_Port").map(|p: u16| p.to_string());
+        assert_eq!(master, Some(west.mysql.replica.port.to_string()), "it replicates from the new primary");
+        println!(
+            "the old primary rejoined by itself: the operator-rebuild branch had nothing to do this run"
+        );
     }
 }
 
