@@ -606,6 +606,7 @@ async fn re_pointing_a_replica_works_with_quotes_and_backslashes_in_the_password
         password: "admin-pw".into(),
         repl_user: "quoted".into(),
         repl_password: password.into(),
+        flavor: ferry::config::Flavor::Mariadb,
     };
     let server = |db: &MariaDb| DbServer {
         host: db.addr().ip().to_string(),

@@ -1,5 +1,5 @@
 //! Which replica to promote when a region's primary is lost: a pure function over GTID
-//! positions (MariaDB: the last GTID of each domain).
+//! positions (MariaDB: the last GTID of each domain; MySQL: GTID sets).
 //!
 //! - A candidate with **errant** transactions (written on the replica itself: a domain whose
 //!   last GTID carries the replica's own server id) is never promoted: the other servers never
@@ -43,14 +43,14 @@ pub enum Choice {
     Refuse(String),
 }
 
-/// `a` has everything `b` has, domain by domain.
+/// `a` has everything `b` has (MariaDB: domain by domain; MySQL: every GTID of the set).
 fn covers(a: &Position, b: &Position) -> bool {
-    b.iter().all(|g| a.includes(g))
+    a.covers(b)
 }
 
-/// Transactions of `reference` that `p` lacks (sequence numbers are per domain, gap-free).
+/// Transactions of `reference` that `p` lacks.
 fn missing(p: &Position, reference: &Position) -> u64 {
-    reference.iter().map(|g| g.seq.saturating_sub(p.get(g.domain).map_or(0, |m| m.seq))).sum()
+    p.lacks(reference)
 }
 
 /// Choose the replica to promote. `primary` is the failed primary's last known position, if
@@ -230,5 +230,23 @@ mod tests {
         for (what, candidates, primary, budget, want) in cases {
             assert_eq!(choose(&candidates, primary, budget), want, "{what}");
         }
+    }
+
+    #[test]
+    fn mysql_gtid_sets_choose_the_replica_holding_every_other_ones_transactions() {
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let primary = pos(&format!("{u}:1-100"));
+        let r1 = c("r1", 102, &format!("{u}:1-90"), &format!("{u}:1-95"));
+        let r2 = c("r2", 103, &format!("{u}:1-97"), &format!("{u}:1-97"));
+        assert_eq!(choose(&[r1.clone(), r2.clone()], Some(&primary), most(5)), promote("r2", false, 3));
+        assert_eq!(choose(&[r2.clone(), r1.clone()], Some(&primary), most(5)), promote("r2", false, 3));
+        // A hole in the set counts: r3 lacks 50..=60 although its last GTID is the highest.
+        let r3 = c("r3", 104, &format!("{u}:1-49:61-99"), &format!("{u}:1-49:61-99"));
+        assert!(
+            matches!(choose(&[r3, r2], Some(&primary), most(5)), Choice::Refuse(reason) if reason.contains("diverged"))
+        );
+        assert!(
+            matches!(choose(&[r1], Some(&primary), most(4)), Choice::Refuse(reason) if reason.contains("lacks 5"))
+        );
     }
 }

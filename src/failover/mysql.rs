@@ -1,6 +1,13 @@
-//! The MariaDB side of an in-region failover: what each server has (GTID positions, role),
+//! The database side of an in-region failover: what each server has (GTID positions, role),
 //! which one is the primary now, fencing, promotion, re-pointing replicas and letting a
 //! returned old primary rejoin. Each step reads its result back from the server.
+//!
+//! MariaDB and MySQL 8 differ in the statements and the columns they answer with: [`Dialect`]
+//! holds each flavor's (MariaDB: `@@gtid_current_pos`, `SHOW SLAVE STATUS`, `read_only`,
+//! `MASTER_GTID_WAIT`, `CHANGE MASTER … MASTER_USE_GTID`; MySQL 8.0.23 and later:
+//! `@@gtid_executed`, `SHOW REPLICA STATUS`, `super_read_only`, `WAIT_FOR_EXECUTED_GTID_SET`,
+//! `CHANGE REPLICATION SOURCE … SOURCE_AUTO_POSITION`). Only the MariaDB side has run against
+//! live servers; the MySQL side is unit-tested against recorded replies.
 //!
 //! Fencing is `read_only=ON` plus killing every client session: clients without the
 //! `READ_ONLY ADMIN` privilege (MariaDB's counterpart of `super_read_only`) can no longer
@@ -13,8 +20,8 @@ use std::time::Duration;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, OptsBuilder, Row};
 
-use crate::config::{DbServer, MysqlConfig};
-use crate::model::Position;
+use crate::config::{DbServer, Flavor, MysqlConfig};
+use crate::model::{GtidSet, Position};
 
 /// A server error that refuses ferry's account or one of its privileges (wrong password, no
 /// privilege on a schema, table, column or routine, a missing dynamic privilege): it says
@@ -23,19 +30,22 @@ pub fn access_refused(e: &mysql_async::Error) -> bool {
     matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1044 | 1045 | 1142 | 1143 | 1227 | 1370 | 1698))
 }
 
-/// Who ferry connects as: its own account, and the one replicas replicate with.
+/// Who ferry connects as: its own account, and the one replicas replicate with; and what the
+/// region's servers run (all of one region run the same flavor).
 #[derive(Clone)]
 pub struct Accounts {
     pub user: String,
     pub password: String,
     pub repl_user: String,
     pub repl_password: String,
+    pub flavor: Flavor,
 }
 
 impl Accounts {
     pub fn from_config(mysql: &MysqlConfig, failover: Option<&crate::config::FailoverConfig>) -> Self {
         let repl = failover.and_then(|f| f.replication.as_ref());
         Self {
+            flavor: mysql.flavor,
             user: mysql.user.clone(),
             password: mysql.password.expose().to_string(),
             repl_user: repl.map_or_else(|| mysql.user.clone(), |r| r.user.clone()),
@@ -43,6 +53,170 @@ impl Accounts {
                 .map_or_else(|| mysql.password.expose().to_string(), |r| r.password.expose().into()),
         }
     }
+}
+
+/// The statements and reply columns of one server flavor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dialect(pub Flavor);
+
+/// A replica's status, from `SHOW SLAVE STATUS` (MariaDB) or `SHOW REPLICA STATUS` (MySQL).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReplicaStatus {
+    /// What its relay log holds: `Gtid_IO_Pos` / `Retrieved_Gtid_Set`.
+    pub received: String,
+    pub io_running: String,
+    pub sql_running: String,
+    pub source_host: String,
+    pub source_port: Option<u16>,
+    pub last_io_error: String,
+}
+
+impl ReplicaStatus {
+    /// Both replication threads running.
+    pub fn running(&self) -> bool {
+        self.io_running == "Yes" && self.sql_running == "Yes"
+    }
+}
+
+impl Dialect {
+    /// The executed position and whether the server refuses client writes.
+    pub fn state_query(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "SELECT @@gtid_current_pos, @@read_only",
+            // `super_read_only=ON` forces `read_only=ON`.
+            Flavor::Mysql => "SELECT @@GLOBAL.gtid_executed, @@read_only",
+        }
+    }
+
+    pub fn replica_status_query(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "SHOW SLAVE STATUS",
+            Flavor::Mysql => "SHOW REPLICA STATUS",
+        }
+    }
+
+    /// Read a status row through `column` (the value of a column by name, as text).
+    pub fn replica_status(self, column: impl Fn(&str) -> Option<String>) -> ReplicaStatus {
+        let names = match self.0 {
+            Flavor::Mariadb => {
+                ["Gtid_IO_Pos", "Slave_IO_Running", "Slave_SQL_Running", "Master_Host", "Master_Port"]
+            }
+            Flavor::Mysql => [
+                "Retrieved_Gtid_Set",
+                "Replica_IO_Running",
+                "Replica_SQL_Running",
+                "Source_Host",
+                "Source_Port",
+            ],
+        };
+        let get = |name: &str| column(name).unwrap_or_default();
+        ReplicaStatus {
+            received: get(names[0]),
+            io_running: get(names[1]),
+            sql_running: get(names[2]),
+            source_host: get(names[3]),
+            source_port: get(names[4]).trim().parse().ok(),
+            last_io_error: get("Last_IO_Error"),
+        }
+    }
+
+    /// A position as the server writes it. MySQL's GTID sets may be spread over lines.
+    pub fn position(self, text: &str, what: &str) -> Result<Position, String> {
+        let text: String = text.split_whitespace().collect();
+        text.parse().map_err(|e| format!("{what} `{text}`: {e}"))
+    }
+
+    /// Refuse writes from every client without the bypass privilege.
+    pub fn fence(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "SET GLOBAL read_only = ON",
+            // `read_only` alone lets accounts with CONNECTION_ADMIN or SUPER write.
+            Flavor::Mysql => "SET GLOBAL super_read_only = ON",
+        }
+    }
+
+    /// Stop replicating, forget the source, accept writes.
+    pub fn promote(self) -> &'static [&'static str] {
+        match self.0 {
+            Flavor::Mariadb => &[
+                "STOP SLAVE",
+                "RESET SLAVE ALL",
+                "SET GLOBAL rpl_semi_sync_slave_enabled = OFF",
+                "SET GLOBAL read_only = OFF",
+            ],
+            Flavor::Mysql => &[
+                "STOP REPLICA",
+                "RESET REPLICA ALL",
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF",
+            ],
+        }
+    }
+
+    pub fn stop_replica(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "STOP SLAVE",
+            Flavor::Mysql => "STOP REPLICA",
+        }
+    }
+
+    pub fn start_replica(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "START SLAVE",
+            Flavor::Mysql => "START REPLICA",
+        }
+    }
+
+    /// Before replicating, a former primary continues from what it has itself. (MySQL's
+    /// auto-positioning sends the replica's own `gtid_executed`: nothing to do.)
+    pub fn continue_from_own(self) -> Option<&'static str> {
+        match self.0 {
+            Flavor::Mariadb => Some("SET GLOBAL gtid_slave_pos = @@gtid_current_pos"),
+            Flavor::Mysql => None,
+        }
+    }
+
+    /// Point at `host:port` by GTID. CHANGE MASTER takes no placeholders: the values are
+    /// quoted here ([`quote`], under [`SESSION_SQL_MODE`]).
+    pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
+        let (host, user, password) = (quote(host), quote(user), quote(password));
+        match self.0 {
+            Flavor::Mariadb => format!(
+                "CHANGE MASTER TO MASTER_HOST = {host}, MASTER_PORT = {port}, MASTER_USER = {user}, \
+                 MASTER_PASSWORD = {password}, MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1"
+            ),
+            Flavor::Mysql => format!(
+                "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, SOURCE_USER = {user}, \
+                 SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1"
+            ),
+        }
+    }
+
+    /// Wait (position, seconds) until the relay log is applied up to a position: 0 when done.
+    pub fn wait_applied(self) -> &'static str {
+        match self.0 {
+            Flavor::Mariadb => "SELECT MASTER_GTID_WAIT(?, ?)",
+            Flavor::Mysql => "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)",
+        }
+    }
+}
+
+/// What `theirs` holds that `ours` does not, as GTID text (MariaDB: per domain, a later
+/// sequence; MySQL: intervals of the set).
+pub fn ahead_of(theirs: &Position, ours: &Position) -> Vec<String> {
+    let mut out: Vec<String> = theirs.iter().filter(|g| !ours.includes(*g)).map(|g| g.to_string()).collect();
+    for (uuid, intervals) in theirs.gtid_set().iter() {
+        for (start, end) in intervals {
+            if !ours.gtid_set().covers(uuid, *start, *end) {
+                out.push(if start == end {
+                    format!("{uuid}:{start}")
+                } else {
+                    format!("{uuid}:{start}-{end}")
+                });
+            }
+        }
+    }
+    out
 }
 
 pub fn describe(server: &DbServer) -> String {
@@ -93,7 +267,7 @@ impl Observed {
     }
 }
 
-/// Per domain, the further of the two.
+/// Per domain the further of the two (MariaDB); the union of the sets (MySQL).
 fn union(a: &Position, b: &Position) -> Position {
     let mut out = a.clone();
     for g in b.iter() {
@@ -101,25 +275,46 @@ fn union(a: &Position, b: &Position) -> Position {
             out.advance(g);
         }
     }
+    if !b.gtid_set().is_empty() {
+        let mut set: GtidSet = a.gtid_set().clone();
+        for (uuid, intervals) in b.gtid_set().iter() {
+            for (start, end) in intervals {
+                set.add_range(uuid, *start, *end);
+            }
+        }
+        let mut merged = Position::from_gtid_set(set);
+        for g in out.iter() {
+            merged.advance(g);
+        }
+        out = merged;
+    }
     out
 }
 
-fn text(row: &Row, column: &str) -> String {
-    row.get_opt::<Option<String>, _>(column).and_then(Result::ok).flatten().unwrap_or_default()
+fn text(row: &Row, column: &str) -> Option<String> {
+    row.get_opt::<Option<String>, _>(column).and_then(Result::ok).flatten()
 }
 
-fn position(text: &str, what: &str) -> Result<Position, String> {
-    text.parse().map_err(|e| format!("{what} `{text}`: {e}"))
+/// The replica status of the server `conn` is on, if it replicates.
+async fn replica_status(
+    conn: &mut Conn,
+    dialect: Dialect,
+) -> Result<Option<ReplicaStatus>, mysql_async::Error> {
+    let row: Option<Row> = conn.query_first(dialect.replica_status_query()).await?;
+    Ok(row.map(|row| dialect.replica_status(|c| text(&row, c))))
 }
 
-pub async fn observe_conn(conn: &mut Conn, server: &DbServer) -> Result<Observed, String> {
-    let sql = |e: mysql_async::Error| format!("{}: {e}", describe(server));
-    let (current, read_only): (String, i64) =
-        conn.query_first("SELECT @@gtid_current_pos, @@read_only").await.map_err(sql)?.unwrap_or_default();
-    let executed = position(&current, "gtid_current_pos")?;
-    let status: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await.map_err(sql)?;
-    let received = match &status {
-        Some(row) => union(&executed, &position(&text(row, "Gtid_IO_Pos"), "Gtid_IO_Pos")?),
+/// What a server has and is, from its answers to [`Dialect::state_query`] and the replica
+/// status query.
+pub fn observed(
+    dialect: Dialect,
+    server: &DbServer,
+    (current, read_only): (String, i64),
+    status: Option<&ReplicaStatus>,
+) -> Result<Observed, String> {
+    let executed = dialect.position(&current, "executed GTIDs")?;
+    let received = match status {
+        Some(s) => union(&executed, &dialect.position(&s.received, "received GTIDs")?),
         None => executed.clone(),
     };
     Ok(Observed {
@@ -131,9 +326,17 @@ pub async fn observe_conn(conn: &mut Conn, server: &DbServer) -> Result<Observed
     })
 }
 
+pub async fn observe_conn(conn: &mut Conn, server: &DbServer, dialect: Dialect) -> Result<Observed, String> {
+    let sql = |e: mysql_async::Error| format!("{}: {e}", describe(server));
+    let state: (String, i64) =
+        conn.query_first(dialect.state_query()).await.map_err(sql)?.unwrap_or_default();
+    let status = replica_status(conn, dialect).await.map_err(sql)?;
+    observed(dialect, server, state, status.as_ref())
+}
+
 pub async fn observe(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Observed, String> {
     let mut conn = connect(server, accounts, within).await?;
-    let observed = tokio::time::timeout(within, observe_conn(&mut conn, server))
+    let observed = tokio::time::timeout(within, observe_conn(&mut conn, server, Dialect(accounts.flavor)))
         .await
         .map_err(|_| format!("{}: no answer within {within:?}", describe(server)))?;
     conn.disconnect().await.ok();
@@ -188,7 +391,7 @@ pub async fn fence(server: &DbServer, accounts: &Accounts, within: Duration) -> 
     let mut conn = connect(server, accounts, within).await?;
     let work = async {
         let sql = |e: mysql_async::Error| format!("fencing {}: {e}", describe(server));
-        conn.query_drop("SET GLOBAL read_only = ON").await.map_err(sql)?;
+        conn.query_drop(Dialect(accounts.flavor).fence()).await.map_err(sql)?;
         let ids: Vec<u64> = conn
             .query(
                 "SELECT ID FROM information_schema.PROCESSLIST WHERE ID <> CONNECTION_ID() \
@@ -223,7 +426,7 @@ pub async fn wait_applied(
 ) -> Result<(), String> {
     let mut conn = connect(server, accounts, Duration::from_secs(5)).await?;
     let waited: Option<i64> = conn
-        .exec_first("SELECT MASTER_GTID_WAIT(?, ?)", (position.to_string(), within.as_secs_f64()))
+        .exec_first(Dialect(accounts.flavor).wait_applied(), (position.to_string(), within.as_secs_f64()))
         .await
         .map_err(|e| format!("{}: {e}", describe(server)))?;
     conn.disconnect().await.ok();
@@ -240,16 +443,12 @@ pub async fn wait_applied(
 /// it has then.
 pub async fn promote(server: &DbServer, accounts: &Accounts) -> Result<Observed, String> {
     let mut conn = connect(server, accounts, Duration::from_secs(5)).await?;
+    let dialect = Dialect(accounts.flavor);
     let sql = |e: mysql_async::Error| format!("promoting {}: {e}", describe(server));
-    for statement in [
-        "STOP SLAVE",
-        "RESET SLAVE ALL",
-        "SET GLOBAL rpl_semi_sync_slave_enabled = OFF",
-        "SET GLOBAL read_only = OFF",
-    ] {
-        conn.query_drop(statement).await.map_err(sql)?;
+    for statement in dialect.promote() {
+        conn.query_drop(*statement).await.map_err(sql)?;
     }
-    let now = observe_conn(&mut conn, server).await?;
+    let now = observe_conn(&mut conn, server, dialect).await?;
     conn.disconnect().await.ok();
     if !now.writable() {
         return Err(format!("{} is not writable after promotion", describe(server)));
@@ -266,45 +465,47 @@ pub async fn replicate(
     from_current: bool,
 ) -> Result<(), String> {
     let mut conn = connect(replica, accounts, Duration::from_secs(5)).await?;
+    let dialect = Dialect(accounts.flavor);
     let sql = |e: mysql_async::Error| format!("re-pointing {}: {e}", describe(replica));
-    conn.query_drop("STOP SLAVE").await.map_err(sql)?;
-    if from_current {
+    conn.query_drop(dialect.stop_replica()).await.map_err(sql)?;
+    if from_current && let Some(own) = dialect.continue_from_own() {
         // It was a primary: it continues from what it has itself.
-        conn.query_drop("SET GLOBAL gtid_slave_pos = @@gtid_current_pos").await.map_err(sql)?;
+        conn.query_drop(own).await.map_err(sql)?;
     }
-    // CHANGE MASTER takes no placeholders: the values are quoted here. Its error can quote the
-    // statement, password included: only the code is passed on.
-    conn.query_drop(format!(
-        "CHANGE MASTER TO MASTER_HOST = {}, MASTER_PORT = {}, MASTER_USER = {}, MASTER_PASSWORD = {}, \
-         MASTER_USE_GTID = slave_pos, MASTER_CONNECT_RETRY = 1",
-        quote(&primary.host),
+    // The statement's error can quote it, password included: only the code is passed on.
+    conn.query_drop(dialect.change_source(
+        &primary.host,
         primary.port,
-        quote(&accounts.repl_user),
-        quote(&accounts.repl_password),
+        &accounts.repl_user,
+        &accounts.repl_password,
     ))
     .await
     .map_err(|e| format!("re-pointing {}: CHANGE MASTER failed ({})", describe(replica), redacted(&e)))?;
-    conn.query_drop("START SLAVE").await.map_err(sql)?;
+    conn.query_drop(dialect.start_replica()).await.map_err(sql)?;
     // The IO thread connects (or is refused) within a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
-        let status: Option<Row> = conn.query_first("SHOW SLAVE STATUS").await.map_err(sql)?;
-        let row =
+        let status = replica_status(&mut conn, dialect).await.map_err(sql)?;
+        let status =
             status.ok_or_else(|| format!("{} has no replication after CHANGE MASTER", describe(replica)))?;
-        let (io, error) = (text(&row, "Slave_IO_Running"), text(&row, "Last_IO_Error"));
-        if !error.is_empty() {
-            let _ = conn.query_drop("STOP SLAVE").await;
+        if !status.last_io_error.is_empty() {
+            let _ = conn.query_drop(dialect.stop_replica()).await;
             return Err(format!(
-                "{} cannot replicate from {}: {error}",
+                "{} cannot replicate from {}: {}",
                 describe(replica),
-                describe(primary)
+                describe(primary),
+                status.last_io_error
             ));
         }
-        if io == "Yes" && text(&row, "Slave_SQL_Running") == "Yes" {
+        if status.running() {
             break;
         }
         if tokio::time::Instant::now() >= deadline {
-            return Err(format!("{} replication not running after 5 s (IO: {io})", describe(replica)));
+            return Err(format!(
+                "{} replication not running after 5 s (IO: {})",
+                describe(replica),
+                status.io_running
+            ));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -337,15 +538,12 @@ pub async fn replicates_from(
     within: Duration,
 ) -> Result<bool, String> {
     let mut conn = connect(replica, accounts, within).await?;
-    let status: Option<Row> =
-        conn.query_first("SHOW SLAVE STATUS").await.map_err(|e| format!("{}: {e}", describe(replica)))?;
+    let status = replica_status(&mut conn, Dialect(accounts.flavor))
+        .await
+        .map_err(|e| format!("{}: {e}", describe(replica)))?;
     conn.disconnect().await.ok();
-    Ok(status.is_some_and(|row| {
-        text(&row, "Master_Host") == primary.host
-            && row.get_opt::<u16, _>("Master_Port").and_then(Result::ok) == Some(primary.port)
-            && text(&row, "Slave_IO_Running") == "Yes"
-            && text(&row, "Slave_SQL_Running") == "Yes"
-    }))
+    Ok(status
+        .is_some_and(|s| s.source_host == primary.host && s.source_port == Some(primary.port) && s.running()))
 }
 
 /// What became of a returned old primary.
@@ -368,8 +566,7 @@ pub async fn rejoin(
     fence(old, accounts, within).await?;
     let theirs = observe(old, accounts, within).await?;
     let ours = observe(primary, accounts, within).await?;
-    let ahead: Vec<String> =
-        theirs.executed.iter().filter(|g| !ours.executed.includes(*g)).map(|g| g.to_string()).collect();
+    let ahead = ahead_of(&theirs.executed, &ours.executed);
     if !ahead.is_empty() {
         return Ok(Returned::Fenced {
             reason: format!(
@@ -386,6 +583,120 @@ pub async fn rejoin(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn server() -> DbServer {
+        DbServer { host: "10.0.0.2".into(), port: 3306, server_id: 2 }
+    }
+
+    /// A status row as a map of column → text, the way the server sent it.
+    fn row(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    const UUID_A: &str = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+    const UUID_B: &str = "8e1e6e46-9c54-11e9-a3b8-0242ac110002";
+
+    #[test]
+    fn mysql_replies_are_read_from_their_own_columns() {
+        let mysql = Dialect(Flavor::Mysql);
+        assert_eq!(mysql.state_query(), "SELECT @@GLOBAL.gtid_executed, @@read_only");
+        assert_eq!(mysql.replica_status_query(), "SHOW REPLICA STATUS");
+        // SHOW REPLICA STATUS as MySQL 8.0 answers it (the reference manual's example, with
+        // GTIDs): MariaDB's column names are absent.
+        let reply = row(&[
+            ("Replica_IO_State", "Waiting for source to send event"),
+            ("Source_Host", "127.0.0.1"),
+            ("Source_User", "root"),
+            ("Source_Port", "13000"),
+            ("Replica_IO_Running", "Yes"),
+            ("Replica_SQL_Running", "Yes"),
+            ("Last_IO_Error", ""),
+            ("Retrieved_Gtid_Set", &format!("{UUID_A}:1-80")),
+            ("Executed_Gtid_Set", &format!("{UUID_A}:1-77,\n{UUID_B}:1-3")),
+        ]);
+        let status = mysql.replica_status(|c| reply.get(c).cloned());
+        assert_eq!(status.source_host, "127.0.0.1");
+        assert_eq!(status.source_port, Some(13000));
+        assert!(status.running());
+        assert_eq!(Dialect(Flavor::Mariadb).replica_status(|c| reply.get(c).cloned()).source_port, None);
+
+        // @@GLOBAL.gtid_executed spans lines when it holds several UUIDs.
+        let executed = format!("{UUID_A}:1-77,\n{UUID_B}:1-3");
+        let o = observed(mysql, &server(), (executed, 1), Some(&status)).unwrap();
+        assert!(o.replica && o.read_only && !o.writable());
+        assert!(o.executed.includes_gtid(&format!("{UUID_B}:3").parse().unwrap()));
+        assert!(!o.executed.includes_gtid(&format!("{UUID_A}:78").parse().unwrap()));
+        assert!(
+            o.received.includes_gtid(&format!("{UUID_A}:80").parse().unwrap()),
+            "received = executed ∪ retrieved"
+        );
+        assert!(o.received.includes_gtid(&format!("{UUID_B}:2").parse().unwrap()));
+
+        let primary = observed(mysql, &server(), (format!("{UUID_A}:1-90"), 0), None).unwrap();
+        assert!(primary.writable());
+    }
+
+    #[test]
+    fn mariadb_replies_are_read_from_its_columns() {
+        let maria = Dialect(Flavor::Mariadb);
+        assert_eq!(maria.state_query(), "SELECT @@gtid_current_pos, @@read_only");
+        let reply = row(&[
+            ("Master_Host", "10.0.0.1"),
+            ("Master_Port", "3306"),
+            ("Slave_IO_Running", "Yes"),
+            ("Slave_SQL_Running", "No"),
+            ("Last_IO_Error", ""),
+            ("Gtid_IO_Pos", "1-101-9,2-201-4"),
+        ]);
+        let status = maria.replica_status(|c| reply.get(c).cloned());
+        assert_eq!((status.source_host.as_str(), status.source_port), ("10.0.0.1", Some(3306)));
+        assert!(!status.running(), "the SQL thread stopped");
+        let o = observed(maria, &server(), ("1-101-7".into(), 1), Some(&status)).unwrap();
+        assert_eq!(o.executed.to_string(), "1-101-7");
+        assert_eq!(o.received.to_string(), "1-101-9,2-201-4");
+    }
+
+    #[test]
+    fn each_flavor_fences_promotes_and_re_points_with_its_own_statements() {
+        let (maria, mysql) = (Dialect(Flavor::Mariadb), Dialect(Flavor::Mysql));
+        assert_eq!(maria.fence(), "SET GLOBAL read_only = ON");
+        assert_eq!(mysql.fence(), "SET GLOBAL super_read_only = ON");
+        assert_eq!(
+            mysql.promote(),
+            [
+                "STOP REPLICA",
+                "RESET REPLICA ALL",
+                "SET GLOBAL super_read_only = OFF",
+                "SET GLOBAL read_only = OFF"
+            ]
+        );
+        assert!(maria.promote().contains(&"RESET SLAVE ALL"));
+        assert_eq!(mysql.continue_from_own(), None, "auto-positioning sends the replica's own gtid_executed");
+        assert_eq!(maria.continue_from_own(), Some("SET GLOBAL gtid_slave_pos = @@gtid_current_pos"));
+        assert_eq!(
+            mysql.change_source("db1", 3306, "repl", "it's"),
+            "CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1', SOURCE_PORT = 3306, SOURCE_USER = 'repl', \
+             SOURCE_PASSWORD = 'it''s', SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1"
+        );
+        assert!(maria.change_source("db1", 3306, "repl", "x").contains("MASTER_USE_GTID = slave_pos"));
+        assert_eq!(mysql.wait_applied(), "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)");
+        assert_eq!((mysql.stop_replica(), mysql.start_replica()), ("STOP REPLICA", "START REPLICA"));
+    }
+
+    #[test]
+    fn what_an_old_primary_has_that_the_new_one_lacks_is_found_in_either_flavor() {
+        let p = |t: &str| -> Position { t.parse().unwrap() };
+        assert_eq!(ahead_of(&p("1-101-9,2-201-4"), &p("1-101-7,2-201-4")), ["1-101-9"]);
+        assert!(ahead_of(&p("1-101-7"), &p("1-101-9")).is_empty());
+        let theirs = p(&format!("{UUID_A}:1-80:85,{UUID_B}:1-3"));
+        let ours = p(&format!("{UUID_A}:1-82,{UUID_B}:1-3"));
+        assert_eq!(ahead_of(&theirs, &ours), [format!("{UUID_A}:85")]);
+        assert!(ahead_of(&ours, &p(&format!("{UUID_A}:1-82,{UUID_B}:1-5"))).is_empty());
+    }
+
     #[test]
     fn quoting_doubles_quotes_and_leaves_backslashes_to_the_session_mode() {
         assert_eq!(super::quote("pa'ss\\word"), "'pa''ss\\word'");

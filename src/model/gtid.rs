@@ -165,6 +165,20 @@ impl Position {
         self.domains.is_empty() && self.mysql.is_empty()
     }
 
+    /// How many transactions of `other` this position lacks: per MariaDB domain the sequence
+    /// numbers after ours (gap-free within a domain), plus the MySQL transactions not in our
+    /// set.
+    pub fn lacks(&self, other: &Position) -> u64 {
+        let maria: u64 =
+            other.iter().map(|g| g.seq.saturating_sub(self.get(g.domain).map_or(0, |m| m.seq))).sum();
+        maria + self.mysql.lacks(&other.mysql)
+    }
+
+    /// This position holds everything `other` holds.
+    pub fn covers(&self, other: &Position) -> bool {
+        self.lacks(other) == 0
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = MariaGtid> + '_ {
         self.domains.values().copied()
     }
@@ -208,6 +222,17 @@ impl FromStr for Position {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_a_position_lacks_is_counted_in_either_family() {
+        let p = |t: &str| -> Position { t.parse().unwrap() };
+        assert_eq!(p("1-101-7,2-201-4").lacks(&p("1-101-9,2-201-4,3-301-2")), 4);
+        assert!(p("1-101-9").covers(&p("1-102-9")), "a promoted replica continues the domain");
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        assert_eq!(p(&format!("{u}:1-5:9")).lacks(&p(&format!("{u}:1-10"))), 4, "6, 7, 8 and 10");
+        assert_eq!(p(&format!("{u}:1-10")).lacks(&p(&format!("{u}:3-4:9"))), 0);
+        assert_eq!(p("").lacks(&p(&format!("{u}:2-3,8e1e6e46-9c54-11e9-a3b8-0242ac110002:1"))), 3);
+    }
 
     #[test]
     fn gtids_round_trip_through_text() {

@@ -52,6 +52,20 @@ impl GtidSet {
         self.sources.get(uuid).is_some_and(|iv| iv.iter().any(|&(a, b)| a <= start && end <= b))
     }
 
+    /// How many transactions of `other` this set lacks.
+    pub fn lacks(&self, other: &GtidSet) -> u64 {
+        let mut n = 0;
+        for (uuid, theirs) in &other.sources {
+            let mine = self.sources.get(uuid).map(Vec::as_slice).unwrap_or_default();
+            for &(start, end) in theirs {
+                let overlap: u64 =
+                    mine.iter().map(|&(a, b)| (end.min(b) + 1).saturating_sub(start.max(a))).sum();
+                n += (end - start + 1) - overlap;
+            }
+        }
+        n
+    }
+
     /// `(uuid, [(start, end_inclusive)])` pairs, for building a dump request.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &[(u64, u64)])> {
         self.sources.iter().map(|(u, iv)| (u.as_str(), iv.as_slice()))
