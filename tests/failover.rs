@@ -799,8 +799,24 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     let path = sb.dir.join("west").join("region-watch.yaml");
     std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
     let _watcher = common::Reaped(common::spawn_ferry(&path, &sb.dir.join("west").join("region-watch.log")));
+    // A third, cut off from east altogether: east's ferry is out of its reach too (an address
+    // that answers nothing). Only east's heartbeats, arriving in west through east's topic,
+    // tell it that east is up.
+    let mut cut_off = config.clone();
+    cut_off.http.listen = SocketAddr::new(listen_ip, ferry::sandbox::pick_port(listen_ip, None).unwrap());
+    let unreachable = SocketAddr::new(listen_ip, ferry::sandbox::pick_port(listen_ip, None).unwrap());
+    cut_off.watch.as_mut().unwrap().targets[0].failover.as_mut().unwrap().ferry =
+        Some(unreachable.to_string());
+    let cut_off_path = sb.dir.join("west").join("region-watch-cut-off.yaml");
+    std::fs::write(&cut_off_path, serde_saphyr::to_string(&cut_off).unwrap()).unwrap();
+    let cut_off_watcher = common::Reaped(common::spawn_ferry(
+        &cut_off_path,
+        &sb.dir.join("west").join("region-watch-cut-off.log"),
+    ));
     common::wait_ready(config.http.listen).await;
+    common::wait_ready(cut_off.http.listen).await;
     let watcher_url = format!("http://{}", config.http.listen);
+    let cut_off_url = format!("http://{}", cut_off.http.listen);
     let decided =
         |what: &'static str| move |e: &serde_json::Value| e["kind"] == "region_failover" && e["what"] == what;
     let auth = authority(&sb);
@@ -819,8 +835,27 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     assert!(waited >= confirm, "decided after {waited:?}, before the {confirm:?} window");
     assert_eq!(
         app_east().await.unwrap().iter().map(ToString::to_string).collect::<Vec<_>>(),
-        [east_front_ip]
+        std::slice::from_ref(&east_front_ip)
     );
+    // The observer cut off from east's frontend and east's ferry: east's heartbeats still
+    // arrive, so it is a partition too, and nothing is switched.
+    let cut_off_partition = wait_entry(
+        &cut_off_url,
+        "the cut-off observer's decision",
+        Duration::from_secs(20),
+        decided("partition"),
+    )
+    .await;
+    assert!(
+        cut_off_partition["detail"].as_str().unwrap_or_default().contains("heartbeats still arrive"),
+        "{cut_off_partition}"
+    );
+    assert_eq!(
+        app_east().await.unwrap().iter().map(ToString::to_string).collect::<Vec<_>>(),
+        std::slice::from_ref(&east_front_ip),
+        "nothing switched"
+    );
+    drop(cut_off_watcher);
 
     // East's ferry goes too: the region is down. The switch follows.
     signal(east.ferry.process.pid, "-9");
@@ -837,7 +872,7 @@ async fn automatic_region_failover_waits_out_a_partition_and_switches_when_the_r
     assert_eq!(db_east.iter().map(|a| IpAddr::V4(*a)).collect::<Vec<_>>(), [west.mysql.primary.host]);
     println!(
         "automatic region failover (confirm {confirm:?}): partition recognised {waited:?} after east's frontend died \
-         ({}); switched {switched:?} after east's ferry went silent too; records {}",
-        partition["detail"], entry["report"]["records"]
+         ({}; cut-off observer: {}); switched {switched:?} after east's ferry went silent too; records {}",
+        partition["detail"], cut_off_partition["detail"], entry["report"]["records"]
     );
 }

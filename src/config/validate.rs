@@ -316,6 +316,16 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
                         if config.failover.as_ref().and_then(|f| f.dns.as_ref()).is_none() {
                             push(format!("{at}.failover.region"), "needs failover.dns".into(), None);
                         }
+                        if config.regions.get(region).is_some_and(|r| r.standby.is_none()) {
+                            push(
+                                format!("{at}.failover.region"),
+                                format!(
+                                    "regions.{region}.standby is not set: automatic region failover sends {region}'s \
+                                     traffic to its standby, and only the standby's ferry switches it"
+                                ),
+                                Some(format!("regions.{region}")),
+                            );
+                        }
                     }
                     _ => push(
                         format!("{at}.failover"),

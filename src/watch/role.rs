@@ -529,6 +529,14 @@ async fn watch_target(target: TargetConfig, watch: WatchConfig, shared: Arc<Shar
                     tracing::warn!(target = %target.name, "{why}");
                     record(&shared, &target.name, "region_failover", "partition", Some(why));
                 }
+                Some(super::region::Decision::NotStandby(why)) => {
+                    tracing::warn!(target = %target.name, "{why}");
+                    record(&shared, &target.name, "region_failover", "not_standby", Some(why));
+                }
+                Some(super::region::Decision::Unconfirmed(why)) => {
+                    tracing::warn!(target = %target.name, "{why}");
+                    record(&shared, &target.name, "region_failover", "unconfirmed", Some(why));
+                }
                 Some(super::region::Decision::Switched(report)) => {
                     let kind = FailoverLabels {
                         kind: "region",

@@ -217,7 +217,12 @@ fn failover_settings_are_checked_against_the_probe_the_regions_and_dns() {
          \x20   - name: west\n      probe: {{ tcp: {{ address: \"127.0.0.9:80\" }} }}\n      failover: {{ region: west, ferry: \"127.0.0.3:9464\", confirm: 90s }}\n\
          failover:\n  dns: {{ server: \"127.0.0.1:53\", zone: psi.test, key_name: k, key: c2VjcmV0 }}\n"
     );
-    let c = load_str("failover", &good, no_env()).unwrap_or_else(|e| panic!("{e}"));
+    // West's traffic goes to its standby, which must be named.
+    let err = load_str("failover", &good, no_env()).unwrap_err();
+    assert_eq!(paths(&err), vec!["watch.targets[1].failover.region"], "{err}");
+    assert!(err.to_string().contains("regions.west.standby is not set"), "{err}");
+    let standby = vec![("FERRY__REGIONS__WEST__STANDBY".to_string(), "east".to_string())];
+    let c = load_str("failover", &good, standby).unwrap_or_else(|e| panic!("{e}"));
     let dns = c.failover.as_ref().and_then(|f| f.dns.as_ref()).unwrap();
     assert_eq!(dns.fqdn("db.east"), "db.east.psi.test");
     assert_eq!(dns.fqdn("db.east.psi.test."), "db.east.psi.test");
