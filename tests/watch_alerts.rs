@@ -346,3 +346,58 @@ async fn each_probe_kind_tells_healthy_from_not() {
     let err = probe(&lagging, &good, t).await.unwrap_err();
     assert!(err.reason().contains("not running"), "{err:?}");
 }
+
+/// A wrong password says nothing of the primary's health (issue 13, item 15): the probe's
+/// "Access denied" is never counted as a failure, so a healthy primary is never failed over;
+/// ferry is not ready with the reason and alerts `FerryProbeCredentials`.
+#[tokio::test]
+async fn a_wrong_password_never_fails_over_a_healthy_primary() {
+    let db = ferry::sandbox::MariaDb::start_temp(ferry::sandbox::MariaDbOptions::test("creds-db", 101, 1))
+        .await
+        .unwrap();
+    let (am, got) = receiver(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let http = std::net::SocketAddr::from((
+        [127, 0, 0, 1],
+        ferry::sandbox::pick_port([127, 0, 0, 1].into(), None).unwrap(),
+    ));
+    let region = ferry::sandbox::region_yaml("east", &db, 1, 1, "127.0.0.1:9")
+        .replace(&format!("password: {}", db.options().password), "password: not-the-password");
+    let config = dir.path().join("ferry.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "region: east\nregions:\n{region}http: {{ listen: \"{http}\" }}\nwatch:\n  alertmanager: {{ url: \"http://{am}\" }}\n  \
+             targets:\n    - name: db\n      probe: {{ mysql: {{ address: \"{}\" }} }}\n      interval: 500ms\n      \
+             timeout: 500ms\n      failure_threshold: 2\n      recovery_threshold: 2\n      \
+             failover: {{ primary: mysql, record: db.east }}\n\
+             failover:\n  dns: {{ server: \"127.0.0.1:9\", zone: psi.test, key_name: k, key: c2VjcmV0 }}\n",
+            db.addr()
+        ),
+    )
+    .unwrap();
+    let _ferry = Reaped(common::spawn_ferry(&config, &dir.path().join("ferry.log")));
+    let log = || std::fs::read_to_string(dir.path().join("ferry.log")).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, body) =
+            ferry::sandbox::http_get(http, "/health/ready").await.unwrap_or((0, String::new()));
+        if code == 503 && body.contains("refuses ferry's credentials") && body.contains("Access denied") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never not-ready for the credentials: {code} {body}\n{}", log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    wait_for("the FerryProbeCredentials alert", Duration::from_secs(10), || {
+        !delivered(&got, "FerryProbeCredentials").is_empty()
+    })
+    .await;
+    // Eight more probe intervals: far past the failure threshold of two.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let (_, metrics) = ferry::sandbox::http_get(http, "/metrics").await.unwrap();
+    assert!(metrics.contains("ferry_watch_credentials_refused{target=\"db\"} 1"), "{metrics}");
+    let attempts: Vec<&str> = metrics.lines().filter(|l| l.starts_with("ferry_failover_total{")).collect();
+    assert!(attempts.is_empty(), "no failover was attempted: {attempts:?}\n{}", log());
+    assert!(!log().contains("failover"), "nothing about a failover in the log:\n{}", log());
+    assert!(delivered(&got, "FerryTargetDown").is_empty(), "the target was never called down");
+}
