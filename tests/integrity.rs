@@ -438,6 +438,22 @@ async fn a_row_a_local_write_creates_while_apply_inserts_it_is_decided_by_the_ru
     assert!(!metrics.contains("ferry_apply_dlq_records_total{"), "nothing dead-lettered: {metrics}");
 }
 
+#[tokio::test]
+async fn a_wrong_password_for_apply_is_a_refusal_shown_as_such_not_a_lost_connection() {
+    let west = West::start("west-password", "{}", "").await;
+    let text = std::fs::read_to_string(&west.config).unwrap();
+    let (east_part, west_part) = text.split_at(text.find("  west:").unwrap());
+    let west_part = west_part.replacen("password: ferry-test-pw", "password: not-the-password", 1);
+    std::fs::write(&west.config, format!("{east_part}{west_part}")).unwrap();
+    produce(&west.broker.bootstrap(), TOPIC, &[east(1, None, &[1])]).await;
+    let _ferry = west.run();
+    let body = west.wait_not_ready("refuses ferry's account").await;
+    assert!(body.contains("Access denied"), "{body}");
+    let metrics = west.metrics().await;
+    assert!(metrics.contains("ferry_apply_refused{origin=\"east\"} 1"), "{metrics}");
+    assert!(!metrics.contains("ferry_apply_dlq_records_total{"), "nothing dead-lettered: {metrics}");
+}
+
 /// `/health/ready` at `http` once it answers 503 with `needle` in its body (within 30 s; the
 /// tail of `log` shows why not).
 async fn wait_not_ready(http: std::net::SocketAddr, needle: &str, log: &Path) -> String {

@@ -909,6 +909,9 @@ impl Plan {
                 _ => {}
             }
         }
+        // Fresh inserts last: a unique value they take may be one an upsert above moves away
+        // from (a duplicate key there would be mistaken for a race).
+        shapes.sort_by_key(|((_, _, fresh), _)| *fresh);
         for ((cols, merge, fresh), rows) in shapes {
             if fresh {
                 let statements = inserts(&table, &cols, rows, "");

@@ -71,6 +71,9 @@ pub struct ApplyRole {
     /// When what was last applied here happened at the origin: the lag gauges are refreshed
     /// from it every second, so they grow while nothing arrives (a broker outage, a pause).
     clock: LagClock,
+    /// The server refused ferry's account and nothing was applied since: cleared (readiness
+    /// and `ferry_apply_refused` with it) by the next group applied, whichever path applies it.
+    refusing: std::sync::atomic::AtomicBool,
 }
 
 impl ApplyRole {
@@ -100,6 +103,7 @@ impl ApplyRole {
                 admission: Admission::new(origin, &remote.mysql, apply.schemas.as_deref()),
                 metrics: metrics.clone(),
                 clock: LagClock::default(),
+                refusing: std::sync::atomic::AtomicBool::new(false),
             })
             .collect()
     }
@@ -118,7 +122,11 @@ impl ApplyRole {
         let transient =
             |context: &str, e: &dyn std::fmt::Display| ApplyError::Lost(format!("{context}: {e}"));
         // After a failover the primary is another server: find it each session.
-        let primary = crate::failover::mysql::primary_opts(&self.local).await.map_err(ApplyError::Lost)?;
+        let primary =
+            crate::failover::mysql::primary_opts(&self.local).await.map_err(|e| match e.refused {
+                true => ApplyError::Refused(e.message),
+                false => ApplyError::Lost(e.message),
+            })?;
         let mut target = Target::connect(primary.clone(), self.local.flavor).await?;
         target.ensure_schema().await?;
         let topic = changes_topic(&self.origin);
@@ -169,6 +177,7 @@ impl ApplyRole {
         ctx.reporter.set(RoleState::Ready);
         self.metrics.paused.get_or_create(&self.labels()).set(0);
         self.metrics.refused.get_or_create(&self.labels()).set(0);
+        self.refusing.store(false, Ordering::Relaxed);
 
         let next_offset = Arc::new(AtomicI64::new(match start {
             Offset::Offset(o) => o,
@@ -184,9 +193,6 @@ impl ApplyRole {
             topic.clone(),
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
-            self.clock.clone(),
-            self.metrics.lag.get_or_create(&self.labels()).clone(),
-            self.metrics.e2e_lag.get_or_create(&self.labels()).clone(),
         );
         if let Some(reason) = start_gap {
             self.stop_on_gap(&reason, applied.as_ref().map(|a| &a.gtid), ctx);
@@ -483,24 +489,17 @@ impl ApplyRole {
         session: &Session<'_>,
     ) -> Result<Result<(), String>, ApplyError> {
         let mut backoff = FIRST_BACKOFF;
-        let mut refused = false;
         let mut races = 0;
         loop {
             match target.apply(&self.origin, group, how, session.topic, PARTITION).await {
                 Ok(outcome) => {
-                    if refused {
-                        self.metrics.refused.get_or_create(&self.labels()).set(0);
-                        session.ctx.reporter.set(RoleState::Ready);
-                        tracing::info!(origin = %self.origin, "the server accepts ferry's account again: applying");
-                    }
                     self.applied(&outcome, group, session);
                     return Ok(Ok(()));
                 }
                 Err(ApplyError::Refused(reason)) => {
                     // Not the record's fault: never dead-lettered. Wait for the grant.
-                    if !refused {
+                    if !self.refusing.load(Ordering::Relaxed) {
                         self.refused(&reason, session.ctx);
-                        refused = true;
                     }
                     tokio::select! {
                         _ = session.ctx.shutdown.cancelled() => return Err(ApplyError::Lost("shutdown while refused".into())),
@@ -541,6 +540,11 @@ impl ApplyRole {
 
     /// Count a committed group, report progress and lag.
     fn applied(&self, outcome: &GroupOutcome, group: &[Transaction], session: &Session<'_>) {
+        if self.refusing.swap(false, Ordering::Relaxed) {
+            self.metrics.refused.get_or_create(&self.labels()).set(0);
+            session.ctx.reporter.set(RoleState::Ready);
+            tracing::info!(origin = %self.origin, "the server accepts ferry's account again: applying");
+        }
         self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
         if outcome.applied > 0 {
             let mut per_table: std::collections::BTreeMap<String, u64> = std::collections::BTreeMap::new();
@@ -616,6 +620,7 @@ impl ApplyRole {
 
     /// The server refuses ferry's account: count it, say why, and show it in readiness.
     fn refused(&self, reason: &str, ctx: &RoleContext) {
+        self.refusing.store(true, Ordering::Relaxed);
         self.metrics.errors.get_or_create(&self.kind("refused")).inc();
         self.metrics.refused.get_or_create(&self.labels()).set(1);
         tracing::error!(origin = %self.origin, %reason, recheck_every = ?REFUSED_RECHECK,
@@ -751,24 +756,17 @@ struct LagClock {
     beat_us: Arc<AtomicI64>,
 }
 
-/// Measures the backlog in the background and keeps the lag gauges growing while nothing is
-/// applied; stops when dropped. Fetching watermarks is a blocking network round trip in
-/// rdkafka, so it runs off the async threads.
-struct BacklogProbe {
-    _task: AbortOnDrop,
-}
-
-impl BacklogProbe {
-    fn start(
-        consumer: Arc<StreamConsumer>,
-        topic: String,
-        next: Arc<AtomicI64>,
-        gauge: Gauge,
-        clock: LagClock,
+impl LagClock {
+    /// Keep `lag` and `e2e_lag` at the age of what was last applied, every second, for as long
+    /// as the role runs: across sessions, reconnects and pauses, so they grow while nothing
+    /// arrives. Stops when dropped.
+    fn tick(
+        &self,
         lag: Gauge<f64, std::sync::atomic::AtomicU64>,
         e2e_lag: Gauge<f64, std::sync::atomic::AtomicU64>,
-    ) -> Self {
-        let task = tokio::spawn(async move {
+    ) -> AbortOnDrop {
+        let clock = self.clone();
+        AbortOnDrop(tokio::spawn(async move {
             let mut tick = tokio::time::interval(BACKLOG_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
@@ -779,6 +777,24 @@ impl BacklogProbe {
                         gauge.set(seconds_since(at));
                     }
                 }
+            }
+        }))
+    }
+}
+
+/// Measures the backlog in the background; stops when dropped. Fetching watermarks is a
+/// blocking network round trip in rdkafka, so it runs off the async threads.
+struct BacklogProbe {
+    _task: AbortOnDrop,
+}
+
+impl BacklogProbe {
+    fn start(consumer: Arc<StreamConsumer>, topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(BACKLOG_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+            loop {
+                tick.tick().await;
                 let (c, t) = (consumer.clone(), topic.clone());
                 let fetched =
                     tokio::task::spawn_blocking(move || c.fetch_watermarks(&t, PARTITION, BACKLOG_EVERY))
@@ -834,6 +850,10 @@ impl Role for ApplyRole {
 
     fn run(self: Box<Self>, ctx: RoleContext) -> RoleFuture {
         Box::pin(async move {
+            let _lag = self.clock.tick(
+                self.metrics.lag.get_or_create(&self.labels()).clone(),
+                self.metrics.e2e_lag.get_or_create(&self.labels()).clone(),
+            );
             let mut backoff = Duration::from_secs(1);
             loop {
                 let result = tokio::select! {

@@ -452,7 +452,7 @@ mod tests {
 
     #[test]
     fn refused_privileges_wait_read_only_reconnects_deadlocks_retry_and_bad_data_is_permanent() {
-        for code in [1044, 1045, 1142, 1143, 1227, 1370, 1698] {
+        for code in [1044, 1045, 1142, 1143, 1227, 1370, 1698, 1820, 1862, 3118, 3955, 4151] {
             assert!(matches!(server_error(code), ApplyError::Refused(_)), "{code}");
         }
         for code in [1290, 1836] {

@@ -74,8 +74,9 @@ impl CaptureRole {
     ) -> Result<(Conn, Position, Option<Gtid>, KafkaSink, mysql_async::Opts), CaptureError> {
         // After a failover the primary is another server: find it each session. Its binlog has
         // the same GTIDs (log_slave_updates), so capture resumes from the checkpoint there.
-        let opts =
-            crate::failover::mysql::primary_opts(&self.mysql).await.map_err(CaptureError::Checkpoint)?;
+        let opts = crate::failover::mysql::primary_opts(&self.mysql)
+            .await
+            .map_err(|e| CaptureError::Checkpoint(e.message))?;
         let db = |e: mysql_async::Error| CaptureError::Checkpoint(format!("local primary: {e}"));
         let mut conn = Conn::new(opts.clone()).await.map_err(db)?;
         crate::schema::install(&mut conn).await.map_err(db)?;

@@ -193,11 +193,13 @@ pub fn decide(local: Local, incoming: Incoming) -> Decision {
     match (incoming.op, local) {
         (Op::Insert, Local::Gone { tombstone: None }) => none(Action::Insert),
         (Op::Insert | Op::Update, Local::Gone { tombstone: Some(t) }) => {
-            // A delete's version is that of the row it deleted, so a write with the same
-            // version is one the delete saw (arriving late, through another origin's topic):
-            // the tombstone wins the tie whichever region wrote, as the row's own region
-            // decides when the delete reaches it (`unchanged_here`).
-            if t.at_us >= incoming.stamp.at_us {
+            // A delete's version is that of the row it deleted, so another region's write
+            // with the same version is one the delete saw (arriving late, through its own
+            // topic): the tombstone wins that tie, as the row's own region decides when the
+            // delete reaches it (`unchanged_here`). The same region's write after its own
+            // delete comes later in that region's topic: it re-creates the row.
+            let tie_lost = t.at_us == incoming.stamp.at_us && t.rank != incoming.stamp.rank;
+            if t.at_us > incoming.stamp.at_us || tie_lost {
                 with(
                     Action::Keep,
                     Conflict { kind: Kind::UpdateDelete, winner: Winner::Local, rule: Rule::Tombstone },

@@ -60,3 +60,14 @@ fn a_delete_wins_a_tie_with_the_write_it_saw_in_every_region() {
     let update = Incoming { op: Op::Update, stamp: a, before_version_us: Some(6) };
     assert_eq!(decide(gone, update).action, Action::Keep);
 }
+
+/// A region that deletes a row and inserts it again with the same version (a table stamped by
+/// commit time, one-second resolution on MariaDB; or one transaction doing both): its insert
+/// follows its delete in its own topic, so it re-creates the row everywhere.
+#[test]
+fn a_regions_own_reinsert_at_the_version_of_its_delete_recreates_the_row() {
+    let b = Stamp { at_us: 7, rank: 1 };
+    let gone = Local::Gone { tombstone: Some(b) };
+    let insert = Incoming { op: Op::Insert, stamp: b, before_version_us: None };
+    assert_eq!(decide(gone, insert).action, Action::Insert);
+}

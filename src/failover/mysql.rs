@@ -26,8 +26,40 @@ use crate::model::{GtidSet, Position};
 /// A server error that refuses ferry's account or one of its privileges (wrong password, no
 /// privilege on a schema, table, column or routine, a missing dynamic privilege): it says
 /// nothing about the server's health or the data, only that the configuration is wrong.
+/// Also a locked account (MariaDB 4151, MySQL 3118, 3955) and an expired password (1820, 1862).
 pub fn access_refused(e: &mysql_async::Error) -> bool {
-    matches!(e, mysql_async::Error::Server(s) if matches!(s.code, 1044 | 1045 | 1142 | 1143 | 1227 | 1370 | 1698))
+    matches!(e, mysql_async::Error::Server(s) if matches!(
+        s.code,
+        1044 | 1045 | 1142 | 1143 | 1227 | 1370 | 1698 | 1820 | 1862 | 3118 | 3955 | 4151
+    ))
+}
+
+/// A failure to reach or use a server, saying whether the server refused ferry's account
+/// (then nothing is wrong with the server: the configuration or a grant is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbError {
+    pub message: String,
+    pub refused: bool,
+}
+
+impl DbError {
+    fn other(message: String) -> Self {
+        Self { message, refused: false }
+    }
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for DbError {}
+
+impl From<DbError> for String {
+    fn from(e: DbError) -> String {
+        e.message
+    }
 }
 
 /// Who ferry connects as: its own account, and the one replicas replicate with; and what the
@@ -177,7 +209,8 @@ impl Dialect {
     }
 
     /// Point at `host:port` by GTID. CHANGE MASTER takes no placeholders: the values are
-    /// quoted here ([`quote`], under [`SESSION_SQL_MODE`]).
+    /// quoted here ([`quote`], under [`SESSION_SQL_MODE`]). MySQL: `GET_SOURCE_PUBLIC_KEY`, for
+    /// `caching_sha2_password` accounts over a connection without TLS.
     pub fn change_source(self, host: &str, port: u16, user: &str, password: &str) -> String {
         let (host, user, password) = (quote(host), quote(user), quote(password));
         match self.0 {
@@ -187,7 +220,8 @@ impl Dialect {
             ),
             Flavor::Mysql => format!(
                 "CHANGE REPLICATION SOURCE TO SOURCE_HOST = {host}, SOURCE_PORT = {port}, SOURCE_USER = {user}, \
-                 SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1"
+                 SOURCE_PASSWORD = {password}, SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, \
+                 GET_SOURCE_PUBLIC_KEY = 1"
             ),
         }
     }
@@ -239,11 +273,13 @@ pub fn opts(server: &DbServer, accounts: &Accounts) -> Opts {
         .into()
 }
 
-pub async fn connect(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Conn, String> {
+pub async fn connect(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Conn, DbError> {
     match tokio::time::timeout(within, Conn::new(opts(server, accounts))).await {
         Ok(Ok(conn)) => Ok(conn),
-        Ok(Err(e)) => Err(format!("{}: {e}", describe(server))),
-        Err(_) => Err(format!("{}: no answer within {within:?}", describe(server))),
+        Ok(Err(e)) => {
+            Err(DbError { refused: access_refused(&e), message: format!("{}: {e}", describe(server)) })
+        }
+        Err(_) => Err(DbError::other(format!("{}: no answer within {within:?}", describe(server)))),
     }
 }
 
@@ -334,13 +370,13 @@ pub async fn observe_conn(conn: &mut Conn, server: &DbServer, dialect: Dialect) 
     observed(dialect, server, state, status.as_ref())
 }
 
-pub async fn observe(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Observed, String> {
+pub async fn observe(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Observed, DbError> {
     let mut conn = connect(server, accounts, within).await?;
     let observed = tokio::time::timeout(within, observe_conn(&mut conn, server, Dialect(accounts.flavor)))
         .await
-        .map_err(|_| format!("{}: no answer within {within:?}", describe(server)))?;
+        .map_err(|_| DbError::other(format!("{}: no answer within {within:?}", describe(server))))?;
     conn.disconnect().await.ok();
-    observed
+    observed.map_err(DbError::other)
 }
 
 /// Every configured server of the region, the configured primary first.
@@ -351,7 +387,7 @@ pub fn servers(mysql: &MysqlConfig) -> Vec<DbServer> {
 /// The region's primary now: the one configured server that is writable. Fewer or more than
 /// one is an error (never a guess): after a failover the configured primary may be a fenced
 /// replica, and while a returned old primary is not fenced yet two servers may look writable.
-pub async fn locate(mysql: &MysqlConfig, accounts: &Accounts, within: Duration) -> Result<DbServer, String> {
+pub async fn locate(mysql: &MysqlConfig, accounts: &Accounts, within: Duration) -> Result<DbServer, DbError> {
     let all = servers(mysql);
     let observed = futures_util::future::join_all(all.iter().map(|s| observe(s, accounts, within))).await;
     let mut writable = Vec::new();
@@ -365,18 +401,25 @@ pub async fn locate(mysql: &MysqlConfig, accounts: &Accounts, within: Duration) 
     }
     match writable.len() {
         1 => Ok(writable.remove(0)),
-        0 => Err(format!("no writable primary among the region's servers ({})", errors.join("; "))),
-        _ => Err(format!(
+        0 => Err(DbError {
+            // Some server refused ferry's account: that, not the servers, is what to fix.
+            refused: errors.iter().any(|e| e.refused),
+            message: format!(
+                "no writable primary among the region's servers ({})",
+                errors.iter().map(|e| e.message.as_str()).collect::<Vec<_>>().join("; ")
+            ),
+        }),
+        _ => Err(DbError::other(format!(
             "several servers are writable: {}; not choosing",
             writable.iter().map(describe).collect::<Vec<_>>().join(", ")
-        )),
+        ))),
     }
 }
 
 /// Connection options for the region's current primary (see `locate`). No fallback to the
 /// configured primary: ferry's account may write to a fenced server (it bypasses `read_only`),
 /// so a writer that cannot tell the primary waits and tries again.
-pub async fn primary_opts(mysql: &MysqlConfig) -> Result<Opts, String> {
+pub async fn primary_opts(mysql: &MysqlConfig) -> Result<Opts, DbError> {
     let accounts = Accounts::from_config(mysql, None);
     let server = locate(mysql, &accounts, Duration::from_secs(2)).await?;
     if server != mysql.primary {
@@ -679,7 +722,8 @@ mod tests {
         assert_eq!(
             mysql.change_source("db1", 3306, "repl", "it's"),
             "CHANGE REPLICATION SOURCE TO SOURCE_HOST = 'db1', SOURCE_PORT = 3306, SOURCE_USER = 'repl', \
-             SOURCE_PASSWORD = 'it''s', SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1"
+             SOURCE_PASSWORD = 'it''s', SOURCE_AUTO_POSITION = 1, SOURCE_CONNECT_RETRY = 1, GET_SOURCE_PUBLIC_KEY = 1",
+            "caching_sha2_password (MySQL 8's default) over a plain connection needs the source's key"
         );
         assert!(maria.change_source("db1", 3306, "repl", "x").contains("MASTER_USE_GTID = slave_pos"));
         assert_eq!(mysql.wait_applied(), "SELECT WAIT_FOR_EXECUTED_GTID_SET(?, ?)");

@@ -219,7 +219,8 @@ pub async fn fail_over(config: &Config, from: &str, to: &str, confirm: bool) -> 
     }
     // The standby's primary, found once for the health check, the RPO and keeping the report.
     let accounts = Accounts::from_config(&standby.mysql, None);
-    let primary = mysql::locate(&standby.mysql, &accounts, Duration::from_secs(3)).await;
+    let primary =
+        mysql::locate(&standby.mysql, &accounts, Duration::from_secs(3)).await.map_err(String::from);
     let health = standby_health(standby, &primary).await;
     let healthy = health.iter().all(|(_, r)| r.is_ok());
     let standby_opts = primary.map(|s| mysql::opts(&s, &accounts));

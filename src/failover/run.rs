@@ -207,7 +207,9 @@ pub async fn mysql_primary(
                     received: o.received,
                 });
             }
-            Err(e) => report.candidates.push(serde_json::json!({ "server": describe(server), "error": e })),
+            Err(e) => {
+                report.candidates.push(serde_json::json!({ "server": describe(server), "error": e.message }))
+            }
         }
     }
     let (name, wait_for_relay, lost) = match choose(&candidates, old_position, plan.failover.budget) {

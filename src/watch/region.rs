@@ -12,8 +12,13 @@
 //!
 //! Only the region's configured standby (`regions.<region>.standby`) switches its traffic, to
 //! itself, exactly as `ferry failover region --from <region> --to <standby> --confirm`; an
-//! observer in any other region only journals that it is not the standby. Not built: asking
-//! the other regions' ferries (a quorum) as a fourth witness.
+//! observer in any other region only journals that it is not the standby.
+//!
+//! The limit: the three witnesses are independent of this observer's own probes, not of the
+//! network between the two regions. When the region's brokers sit in the region and the
+//! standby is cut off from all of it (a full partition between the two regions), every
+//! witness agrees and the standby switches while the region may be up. Brokers outside the
+//! region, or (not built) a quorum of the other regions' ferries, would tell the two apart.
 
 use std::time::{Duration, Instant};
 
@@ -144,15 +149,14 @@ impl RegionWatch {
         let opts = crate::failover::mysql::primary_opts(&local.mysql).await?;
         let mut conn =
             mysql_async::Conn::new(opts).await.map_err(|e| format!("this region's primary: {e}"))?;
-        let age: Option<Option<i64>> = conn
-            .exec_first(
-                "SELECT CAST(UNIX_TIMESTAMP(NOW(6)) * 1000000 AS SIGNED) - beat_at_us FROM ferry.heartbeat WHERE region = ?",
-                (self.region.as_str(),),
-            )
+        let beat: Option<i64> = conn
+            .exec_first("SELECT beat_at_us FROM ferry.heartbeat WHERE region = ?", (self.region.as_str(),))
             .await
             .map_err(|e| format!("reading ferry.heartbeat: {e}"))?;
         conn.disconnect().await.ok();
-        Ok(age.flatten().map(|us| Duration::from_micros(us.max(0) as u64)))
+        // beat_at_us is microseconds since the Unix epoch (the region's clock).
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        Ok(beat.map(|us| now.saturating_sub(Duration::from_micros(us.max(0) as u64))))
     }
 }
 

@@ -331,7 +331,7 @@ impl World {
         // A region's clock moves forward between its writes, and its write of a row is newer
         // than the row (or tombstone) it replaces: clocks are synchronized well enough for
         // that. (A region whose clock is behind what it observed can diverge three regions:
-        // `conflict::tests::three_regions_with_skewed_clocks_can_diverge` pins that limit.)
+        // `three_regions_with_skewed_clocks_can_diverge` pins that limit.)
         let observed = r.table.rows.get(&id).map(|row| int(row, VERSION)).into_iter();
         let observed =
             observed.chain(r.table.tombstones.get(&key_of(id)).map(|t| t.at_us)).max().unwrap_or(0);
@@ -534,8 +534,7 @@ proptest! {
     }
 
     /// Inserts, updates, deletes and re-inserts, two and three regions, writes and deliveries
-    /// interleaved: all converge. (Versions never tie with deletes: see
-    /// `a_delete_and_an_insert_tying_in_two_regions_diverge`.)
+    /// interleaved: all converge.
     #[test]
     fn inserts_updates_deletes_and_reinserts_converge(
         regions in 2u32..=3,
