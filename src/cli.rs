@@ -30,6 +30,20 @@ enum Command {
         #[arg(long)]
         offline: bool,
     },
+    /// What this region needs before `ferry run`: ferry's account and the grants its roles
+    /// need, the `ferry` schema, the topics. Prints them as SQL; with `--apply`, carries out
+    /// what is missing as the administrator given by FERRY_ADMIN_USER / FERRY_ADMIN_PASSWORD
+    /// and reports what was already done (idempotent).
+    Init {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        apply: bool,
+        #[arg(long, env = "FERRY_ADMIN_USER", default_value = "root")]
+        admin_user: String,
+        #[arg(long, env = "FERRY_ADMIN_PASSWORD", hide_env_values = true, default_value = "")]
+        admin_password: String,
+    },
     /// List the conflicts this region decided (`ferry.conflicts` on the local primary), newest
     /// first.
     Conflicts {
@@ -201,6 +215,10 @@ pub fn main() -> i32 {
     };
     match cli.command {
         Command::Validate { config, offline } => validate(&config, offline),
+        Command::Init { config, apply, admin_user, admin_password } => {
+            let admin = apply.then_some(crate::setup::Admin { user: admin_user, password: admin_password });
+            init(&config, admin)
+        }
         Command::Conflicts { config, since, table, limit, json } => {
             conflicts(&config, ConflictFilter { since, table, limit }, json)
         }
@@ -292,42 +310,58 @@ fn validate(path: &Path, offline: bool) -> i32 {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let schema = if offline { None } else { block_on_value(schema_problems(&c)) };
-    match schema {
-        Some(Ok(problems)) if !problems.is_empty() => {
+    if !offline {
+        let Some(problems) = block_on_value(crate::setup::problems(&c)) else {
+            eprintln!("{}: cannot start an async runtime to check the servers", path.display());
+            return 1;
+        };
+        if !problems.is_empty() {
             eprint!("{}", config::ConfigErrors { source: path.display().to_string(), problems });
             return EXIT_CONFIG;
         }
-        Some(Ok(_)) => {
-            println!("{}: the local primary's identity and schema match the configuration", path.display())
-        }
-        Some(Err(e)) => println!("{}: schema not checked: {e}", path.display()),
-        None => {}
+        println!(
+            "{}: the servers answer and hold what ferry run needs (accounts, grants, binlog settings, identity, \
+             schema, brokers, HAProxy, Redis)",
+            path.display()
+        );
     }
     println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
     0
 }
 
-/// The conflict rules' problems against the local primary's schema.
-async fn schema_problems(c: &Config) -> Result<Vec<config::ConfigProblem>, String> {
-    let local = c.local().ok_or("no local region")?;
-    let at = format!("{}:{}", local.mysql.primary.host, local.mysql.primary.port);
-    let connect = mysql_async::Conn::new(local.mysql.primary_opts());
-    let mut conn = match tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
-        Ok(Ok(conn)) => conn,
-        Ok(Err(e)) => return Err(format!("cannot reach the local primary at {at}: {e}")),
-        Err(_) => return Err(format!("cannot reach the local primary at {at}: timed out")),
+fn init(path: &Path, admin: Option<crate::setup::Admin>) -> i32 {
+    let c = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
-    let problems = async {
-        let mut problems =
-            crate::capture::preflight::identity_problems(&mut conn, &c.region, &local.mysql).await?;
-        problems.extend(crate::conflict::check::check(&mut conn, c).await?);
-        Ok::<_, mysql_async::Error>(problems)
+    let applying = admin.is_some();
+    let Some(result) = block_on_value(crate::setup::init(&c, admin.as_ref())) else {
+        eprintln!("ferry init: cannot start an async runtime");
+        return 1;
+    };
+    match result {
+        Ok(steps) if !applying => {
+            println!("-- what region {} needs before `ferry run` (run as an administrator):", c.region);
+            for step in steps {
+                println!("{}", step.what);
+            }
+            0
+        }
+        Ok(steps) => {
+            let todo = steps.iter().filter(|s| !s.done).count();
+            for step in &steps {
+                println!("{} {}", if step.done { "already done:" } else { "done:        " }, step.what);
+            }
+            if todo == 0 {
+                println!("nothing to do: region {} is set up", c.region);
+            }
+            0
+        }
+        Err(e) => {
+            eprintln!("ferry init: {e}");
+            1
+        }
     }
-    .await
-    .map_err(|e| format!("reading the schema at {at}: {e}"));
-    let _ = conn.disconnect().await;
-    problems
 }
 
 struct ConflictFilter {

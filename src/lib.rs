@@ -8,7 +8,7 @@
 //!   conflicts by the rules), dead letters.
 //! - [`conflict`]: the conflict rules (pure), their schema checks, the conflict log.
 //! - [`watch`]: the health loop: probes, state machine, load-balancer members, leases, alerts.
-//! - [`failover`]: promotion, fencing and switches (so far: choosing the replica to promote).
+//! - [`failover`]: candidate choice, fencing, promotion, re-pointing, DNS/HAProxy and region switches.
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.
@@ -17,6 +17,7 @@
 //! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
 //! - [`model`]: GTIDs and positions, typed column values, row changes (plain data).
 //! - [`schema`]: DDL of the `ferry` metadata schema every primary carries.
+//! - [`setup`]: what `ferry run` needs from the servers, checked online by `ferry validate`.
 //! - [`transport`]: the versioned wire envelope, Kafka publishing, topic names.
 //! - [`sandbox`]: real servers of a local multi-region topology; also the test harness.
 //! - [`logging`]: tracing set-up (text or JSON).
@@ -34,6 +35,7 @@ pub mod metrics;
 pub mod model;
 pub mod sandbox;
 pub mod schema;
+pub mod setup;
 pub mod status;
 pub mod transport;
 pub mod watch;

@@ -336,7 +336,7 @@ async fn two_regions_writing_the_same_rows_converge_and_log_every_conflict() {
     assert!(first["incoming_image"].is_object() && first["kind"].is_string(), "{first}");
     let (code, out, err) = ferry(&["validate", "--config", cfg]);
     assert_eq!(code, Some(0), "{out}{err}");
-    assert!(out.contains("the local primary's identity and schema match the configuration"), "{out}");
+    assert!(out.contains("the servers answer and hold what ferry run needs"), "{out}");
     let bad = dir.path().join("bad.yaml");
     let text = std::fs::read_to_string(&east_cfg)
         .unwrap()

@@ -4,7 +4,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use ferry::failover::dns::{Authority, Switched, addresses, switch};
+use ferry::failover::dns::{Authority, Switched, addresses, key_accepted, switch};
 use ferry::sandbox::DnsServer;
 
 #[tokio::test]
@@ -33,4 +33,11 @@ async fn a_guarded_update_switches_the_record_and_a_stale_one_is_refused() {
     let wrong = Authority { key: b"wrong--wrong--wrong--wrong--wrong!".to_vec(), ..authority.clone() };
     assert!(switch(&wrong, name, new, undo, 5).await.is_err(), "a wrong TSIG key must fail");
     assert_eq!(addresses(&authority, name).await.unwrap(), [new]);
+
+    // What `ferry validate` asks: the key is accepted, the wrong one not, and nothing changes.
+    assert_eq!(key_accepted(&authority).await, Ok(()));
+    let refused = key_accepted(&wrong).await.unwrap_err();
+    assert!(refused.contains("refused") || refused.contains("NOTAUTH"), "{refused}");
+    assert_eq!(addresses(&authority, name).await.unwrap(), [new]);
+    assert!(addresses(&authority, "ferry-key-check.psi.test").await.unwrap_or_default().is_empty());
 }

@@ -100,6 +100,23 @@ pub async fn switch(
     }
 }
 
+/// The server accepts `authority`'s TSIG key for updates of its zone. Sends a signed update
+/// whose prerequisite cannot hold (`ferry-key-check.<zone>` holding 0.0.0.0), so nothing
+/// changes: a server that checked the key answers NXRRSET; a wrong key is an error.
+pub async fn key_accepted(authority: &Authority) -> Result<(), String> {
+    let mut c = client(authority, true).await?;
+    let owner = name(&format!("ferry-key-check.{}", authority.zone))?;
+    let nothing = Record::from_rdata(owner, 5, RData::A(A(Ipv4Addr::UNSPECIFIED)));
+    let response = c
+        .compare_and_swap(nothing.clone(), nothing, name(&authority.zone)?)
+        .await
+        .map_err(|e| format!("a signed update with key {} was refused: {e}", authority.key_name))?;
+    match response.metadata.response_code {
+        ResponseCode::NXRRSet | ResponseCode::NoError => Ok(()),
+        code => Err(format!("a signed update with key {} answered {code}", authority.key_name)),
+    }
+}
+
 /// Resolve `fqdn` as a client does, with hickory-resolver asking `server` (a fresh resolver:
 /// nothing cached), for the client-side check of a switch.
 pub async fn resolve(server: SocketAddr, fqdn: &str) -> Result<Vec<Ipv4Addr>, String> {

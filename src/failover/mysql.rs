@@ -558,7 +558,7 @@ pub async fn replicate(
 
 /// A SQL string literal under [`SESSION_SQL_MODE`] (`NO_BACKSLASH_ESCAPES`): quotes doubled,
 /// nothing else special.
-fn quote(text: &str) -> String {
+pub(crate) fn quote(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 

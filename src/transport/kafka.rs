@@ -156,6 +156,52 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32) -> 
     Ok(())
 }
 
+/// `topic` exists on `kafka`'s brokers (`Err`: they do not answer).
+pub async fn topic_exists(kafka: &KafkaConfig, topic: &str) -> Result<bool, String> {
+    let client: rdkafka::consumer::BaseConsumer =
+        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
+    let metadata = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("the brokers do not answer: {e}"))?;
+    Ok(metadata.topics().iter().any(|t| t.name() == topic))
+}
+
+/// What is wrong with `topic` for `kafka`'s durability settings, read only (nothing is
+/// created): `Ok(None)` when the topic does not exist yet (ferry creates it as configured) or
+/// keeps enough copies; `Err` when the brokers do not answer.
+pub async fn topic_problem(kafka: &KafkaConfig, topic: &str) -> Result<Option<String>, String> {
+    let client: rdkafka::consumer::BaseConsumer =
+        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
+    let metadata = tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(5))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
+    if kafka.allow_under_replicated {
+        return Ok(None);
+    }
+    let replicas = found
+        .partitions()
+        .iter()
+        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
+        .min()
+        .unwrap_or(0);
+    let mut insync = None;
+    if kafka.min_insync_replicas > 1 {
+        let admin: AdminClient<DefaultClientContext> =
+            client_config(&kafka.bootstrap).create().map_err(|e| e.to_string())?;
+        let options =
+            AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+        insync = Some(topic_min_insync(&admin, topic, &options).await?);
+    }
+    Ok(durability_problem(kafka, replicas, insync).map(|p| format!("topic {topic}: {p}")))
+}
+
 /// Why an existing topic with `replicas` copies (fewest of any partition) and
 /// `min.insync.replicas` `insync` (None: not read, nothing is required of it) is below what
 /// `kafka` asks for.
