@@ -26,9 +26,13 @@ enum Command {
     Validate {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
-        /// Only the file: do not connect to the local primary.
+        /// Only the file: do not connect to the servers.
         #[arg(long)]
         offline: bool,
+        /// Print the outcome as one JSON object on stdout: `{"valid", "problems": [{"path",
+        /// "message"}]}` (same exit codes).
+        #[arg(long)]
+        json: bool,
     },
     /// What this region needs before `ferry run`: ferry's account and the grants its roles
     /// need, the `ferry` schema, the topics. Prints them as SQL; with `--apply`, carries out
@@ -214,7 +218,7 @@ pub fn main() -> i32 {
         }
     };
     match cli.command {
-        Command::Validate { config, offline } => validate(&config, offline),
+        Command::Validate { config, offline, json } => validate(&config, offline, json),
         Command::Init { config, apply, admin_user, admin_password } => {
             let admin = apply.then_some(crate::setup::Admin { user: admin_user, password: admin_password });
             init(&config, admin)
@@ -305,10 +309,25 @@ fn load(path: &Path) -> Result<Config, i32> {
     })
 }
 
-fn validate(path: &Path, offline: bool) -> i32 {
-    let c = match load(path) {
+fn validate(path: &Path, offline: bool, json: bool) -> i32 {
+    let report = |problems: &[config::ConfigProblem]| {
+        let problems: Vec<serde_json::Value> =
+            problems.iter().map(|p| serde_json::json!({ "path": p.path, "message": p.message })).collect();
+        println!(
+            "{}",
+            serde_json::json!({ "config": path.display().to_string(), "valid": problems.is_empty(), "problems": problems })
+        );
+    };
+    let c = match config::load(path) {
         Ok(c) => c,
-        Err(code) => return code,
+        Err(errors) if json => {
+            report(&errors.problems);
+            return EXIT_CONFIG;
+        }
+        Err(errors) => {
+            eprint!("{errors}");
+            return EXIT_CONFIG;
+        }
     };
     if !offline {
         let Some(problems) = block_on_value(crate::setup::problems(&c)) else {
@@ -316,16 +335,26 @@ fn validate(path: &Path, offline: bool) -> i32 {
             return 1;
         };
         if !problems.is_empty() {
-            eprint!("{}", config::ConfigErrors { source: path.display().to_string(), problems });
+            if json {
+                report(&problems);
+            } else {
+                eprint!("{}", config::ConfigErrors { source: path.display().to_string(), problems });
+            }
             return EXIT_CONFIG;
         }
-        println!(
-            "{}: the servers answer and hold what ferry run needs (accounts, grants, binlog settings, identity, \
-             schema, brokers, HAProxy, Redis)",
-            path.display()
-        );
+        if !json {
+            println!(
+                "{}: the servers answer and hold what ferry run needs (accounts, grants, binlog settings, identity, \
+                 schema, brokers, HAProxy, Redis, DNS key)",
+                path.display()
+            );
+        }
     }
-    println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
+    if json {
+        report(&[]);
+    } else {
+        println!("{}: valid (region {}, {} regions)", path.display(), c.region, c.regions.len());
+    }
     0
 }
 

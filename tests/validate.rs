@@ -50,6 +50,15 @@ async fn a_good_configuration_is_valid_and_a_wrong_password_is_not() {
     let text = std::fs::read_to_string(&good).unwrap();
     let wrong = dir.path().join("wrong.yaml");
     std::fs::write(&wrong, text.replacen("password: ferry-test-pw", "password: not-it", 1)).unwrap();
+    let json = std::process::Command::new(FERRY)
+        .args(["validate", "--json", "--config"])
+        .arg(&wrong)
+        .output()
+        .unwrap();
+    assert_eq!(json.status.code(), Some(64));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["valid"], false, "{report}");
+    assert_eq!(report["problems"][0]["path"], "regions.east.mysql.password", "{report}");
     let (code, out) = validate(&wrong);
     println!("wrong password:\n{out}");
     assert_eq!(code, Some(64), "{out}");

@@ -74,13 +74,34 @@ pub fn load_str(
     text: &str,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<Config, ConfigErrors> {
-    let fail = |problems| ConfigErrors { source: source.to_string(), problems };
     let mut tree: Value = match serde_saphyr::from_str(text) {
         Ok(Value::Null) => Value::Object(Map::new()),
         Ok(v) => v,
-        Err(e) => return Err(fail(vec![problem("", format!("not valid YAML: {e}"))])),
+        Err(e) => {
+            let problems = vec![problem("", format!("not valid YAML: {e}"))];
+            return Err(ConfigErrors { source: source.to_string(), problems });
+        }
     };
-    let mut problems = apply_env_overrides(&mut tree, env);
+    let (mut problems, overridden) = apply_env_overrides(&mut tree, env);
+    // A problem at (or inside) a key an environment variable set says so: the file is not
+    // where to fix it.
+    let fail = |problems: Vec<ConfigProblem>| ConfigErrors {
+        source: source.to_string(),
+        problems: problems
+            .into_iter()
+            .map(|mut p| {
+                if let Some((_, name)) = overridden.iter().find(|(path, name)| {
+                    (p.path == *path
+                        || p.path.starts_with(&format!("{path}."))
+                        || p.path.starts_with(&format!("{path}[")))
+                        && !p.message.contains(name.as_str())
+                }) {
+                    p.message = format!("{} (set by the environment variable {name})", p.message);
+                }
+                p
+            })
+            .collect(),
+    };
     let mut pruned: Vec<String> = Vec::new();
 
     for _ in 0..MAX_PASSES {
@@ -228,8 +249,9 @@ fn is_prefix(a: &str, b: &str) -> bool {
 fn apply_env_overrides(
     tree: &mut Value,
     env: impl IntoIterator<Item = (String, String)>,
-) -> Vec<ConfigProblem> {
+) -> (Vec<ConfigProblem>, Vec<(String, String)>) {
     let mut problems = Vec::new();
+    let mut applied = Vec::new();
     let mut vars: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with(ENV_PREFIX)).collect();
     vars.sort();
@@ -245,14 +267,16 @@ fn apply_env_overrides(
             Ok(v) => v,
             Err(_) => Value::String(raw.clone()),
         };
-        if !set_path(tree, &keys, value) {
+        if set_path(tree, &keys, value) {
+            applied.push((path, name));
+        } else {
             problems.push(problem(
                 &path,
                 format!("environment variable {name} overrides a key inside a value that is not a map"),
             ));
         }
     }
-    problems
+    (problems, applied)
 }
 
 fn set_path(tree: &mut Value, keys: &[String], value: Value) -> bool {

@@ -106,6 +106,12 @@ fn a_bad_env_override_is_reported_under_its_path() {
     let env = vec![("FERRY__HTTP__LISTEN".to_string(), "nowhere".to_string())];
     let err = load_str("good", GOOD, env).expect_err("must fail");
     assert_eq!(paths(&err), vec!["http.listen"], "{err}");
+    assert!(err.to_string().contains("(set by the environment variable FERRY__HTTP__LISTEN)"), "{err}");
+    // A problem in the file itself is not attributed to a variable.
+    let bad = GOOD.replacen("priority: 1", "priority: 2", 1);
+    let env = vec![("FERRY__HTTP__LISTEN".to_string(), "127.0.0.1:9464".to_string())];
+    let err = load_str("bad", &bad, env).expect_err("must fail");
+    assert!(!err.to_string().contains("environment variable"), "{err}");
 }
 
 #[test]
