@@ -265,16 +265,35 @@ async fn handle_steps<S: RecordSink>(
                 metrics.statements.inc();
                 local.generated.invalidate();
                 let shown: String = query.chars().take(300).collect();
-                tracing::info!(
-                    gtid = header.map(|h| h.gtid.to_string()).unwrap_or_default(),
-                    %schema,
-                    statement = %shown,
-                    "statement not replicated: run schema changes in every region"
-                );
+                let gtid = header.map(|h| h.gtid.to_string()).unwrap_or_default();
+                if ferrys_own(&schema, &query) {
+                    // ferry setting up its own tables (every region does the same).
+                    tracing::debug!(%gtid, statement = %shown, "ferry's own schema set-up");
+                } else {
+                    tracing::info!(
+                        %gtid,
+                        %schema,
+                        statement = %shown,
+                        "statement not replicated: run schema changes in every region"
+                    );
+                }
             }
         }
     }
     Ok(())
+}
+
+/// A statement that sets up ferry's own schema (`CREATE DATABASE IF NOT EXISTS ferry`,
+/// `CREATE TABLE IF NOT EXISTS ferry.…`): nothing an operator must repeat elsewhere.
+fn ferrys_own(schema: &str, query: &str) -> bool {
+    let q = query.to_ascii_lowercase();
+    let q: Vec<&str> = q.split_whitespace().collect();
+    let names_ferry = |w: &&str| {
+        let w = w.trim_matches('`');
+        w == "ferry" || w.starts_with("ferry.") || w.starts_with("ferry`.")
+    };
+    let ddl = matches!(q.first(), Some(&"create" | &"alter" | &"drop"));
+    ddl && (schema == super::txn::FERRY_SCHEMA || q.iter().take(7).any(names_ferry))
 }
 
 /// What capture reads from and writes to the local primary besides the binlog.
@@ -351,4 +370,17 @@ async fn await_acks(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ferrys_own_schema_set_up_is_told_from_an_application_schema_change() {
+        assert!(super::ferrys_own("", "CREATE DATABASE IF NOT EXISTS ferry CHARACTER SET utf8mb4"));
+        assert!(super::ferrys_own("psi", "CREATE TABLE IF NOT EXISTS ferry.applied (origin VARCHAR(32))"));
+        assert!(super::ferrys_own("ferry", "DROP TABLE tombstones"));
+        assert!(!super::ferrys_own("psi", "ALTER TABLE psi.stock ADD COLUMN ferry_note INT"));
+        assert!(!super::ferrys_own("ferry", "INSERT INTO x VALUES (1)"), "not DDL");
+        assert!(!super::ferrys_own("psi", "CREATE TABLE ferryboats (id INT)"));
+    }
 }
