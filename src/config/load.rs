@@ -135,7 +135,13 @@ pub fn load_str(
                 None => format!("unknown field `{field}`"),
             };
             problems.push(problem(&path, text));
-        } else {
+        } else if !problems
+            .iter()
+            .any(|p| p.path.starts_with(&format!("{path}.")) || p.path.starts_with(&format!("{path}[")))
+        {
+            // A node whose inside was already reported (and pruned) fails again as a whole
+            // (an enum left as an empty map: "expected map with a single key"): an echo of the
+            // real problem, not reported.
             problems.push(problem(&path, message));
         }
         // Inside a list, prune the whole list: removing one element would shift the indexes

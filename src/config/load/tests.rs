@@ -267,3 +267,17 @@ fn the_loss_budget_is_a_number_or_any() {
     let err = load_str("bad", &bad, no_env()).expect_err("must fail");
     assert_eq!(paths(&err), vec!["failover.budget"], "{err}");
 }
+
+#[test]
+fn a_problem_inside_a_probe_is_not_echoed_by_the_probe_as_a_whole() {
+    let text = format!(
+        "{GOOD}watch:\n  targets:\n    - name: db\n      probe: {{ mysql: {{ adress: \"127.0.0.1:3306\" }} }}\n"
+    );
+    let err = load_str("echo", &text, no_env()).expect_err("must fail");
+    assert_eq!(
+        paths(&err),
+        vec!["watch.targets[0].probe.mysql.adress", "watch.targets[0].probe.mysql.address"],
+        "{err}"
+    );
+    assert!(!err.to_string().contains("expected map with a single key"), "{err}");
+}
