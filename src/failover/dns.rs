@@ -110,7 +110,14 @@ pub async fn key_accepted(authority: &Authority) -> Result<(), String> {
     let response = c
         .compare_and_swap(nothing.clone(), nothing, name(&authority.zone)?)
         .await
-        .map_err(|e| format!("a signed update with key {} was refused: {e}", authority.key_name))?;
+        // A server that does not know the key answers unsigned (BADKEY/BADSIG), which the
+        // client reports as an error it cannot verify.
+        .map_err(|e| {
+            format!(
+                "a signed update with key `{}` was refused: the server does not accept the key (its answer: {e})",
+                authority.key_name
+            )
+        })?;
     match response.metadata.response_code {
         ResponseCode::NXRRSet | ResponseCode::NoError => Ok(()),
         code => Err(format!("a signed update with key {} answered {code}", authority.key_name)),
