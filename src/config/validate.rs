@@ -225,8 +225,18 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
         if watch.flap.transitions == 0 {
             push("watch.flap.transitions".into(), "must be at least 1".into(), None);
         }
+        let counts = watch.targets.iter().fold(std::collections::HashMap::new(), |mut m, t| {
+            *m.entry(t.name.as_str()).or_insert(0) += 1;
+            m
+        });
         for (i, target) in watch.targets.iter().enumerate() {
-            let at = format!("watch.targets[{i}]");
+            // Named by its name when that names it alone; by its index otherwise.
+            let unique = !target.name.trim().is_empty() && counts.get(target.name.as_str()) == Some(&1);
+            let at = if unique {
+                format!("watch.targets[{}]", target.name)
+            } else {
+                format!("watch.targets[{i}]")
+            };
             if target.name.trim().is_empty() {
                 push(format!("{at}.name"), "must not be empty".into(), None);
             } else if !names.insert(target.name.as_str()) {

@@ -207,12 +207,12 @@ fn failover_settings_are_checked_against_the_probe_the_regions_and_dns() {
     assert_eq!(
         paths(&err),
         vec![
-            "watch.targets[0].probe",
-            "watch.targets[0].failover.record",
-            "watch.targets[1].failover.region",
-            "watch.targets[1].failover.ferry",
-            "watch.targets[1].failover.region",
-            "watch.targets[2].failover",
+            "watch.targets[db].probe",
+            "watch.targets[db].failover.record",
+            "watch.targets[other].failover.region",
+            "watch.targets[other].failover.ferry",
+            "watch.targets[other].failover.region",
+            "watch.targets[both].failover",
             "failover.fence_timeout",
         ],
         "{err}"
@@ -225,7 +225,7 @@ fn failover_settings_are_checked_against_the_probe_the_regions_and_dns() {
     );
     // West's traffic goes to its standby, which must be named.
     let err = load_str("failover", &good, no_env()).unwrap_err();
-    assert_eq!(paths(&err), vec!["watch.targets[1].failover.region"], "{err}");
+    assert_eq!(paths(&err), vec!["watch.targets[west].failover.region"], "{err}");
     assert!(err.to_string().contains("regions.west.standby is not set"), "{err}");
     let standby = vec![("FERRY__REGIONS__WEST__STANDBY".to_string(), "east".to_string())];
     let c = load_str("failover", &good, standby).unwrap_or_else(|e| panic!("{e}"));
