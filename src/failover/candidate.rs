@@ -2,8 +2,9 @@
 //! positions (MariaDB: the last GTID of each domain; MySQL: GTID sets).
 //!
 //! - A candidate with **errant** transactions (written on the replica itself: a domain whose
-//!   last GTID carries the replica's own server id) is never promoted: the other servers never
-//!   had them.
+//!   last GTID carries the replica's own server id on MariaDB; GTIDs of its own server UUID
+//!   that another candidate or the old primary lacks on MySQL) is never promoted: the other
+//!   servers never had them.
 //! - The most advanced candidate is the one whose **received** position (executed plus what is
 //!   in its relay log) covers every other candidate's, domain by domain. If none covers all
 //!   (their histories diverged), nothing is promoted.
@@ -29,6 +30,8 @@ pub struct Candidate {
     pub executed: Position,
     /// Executed plus received into the relay log (`Gtid_IO_Pos`).
     pub received: Position,
+    /// MySQL: its `@@server_uuid` (the GTIDs it wrote itself carry it).
+    pub server_uuid: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,12 +56,37 @@ fn missing(p: &Position, reference: &Position) -> u64 {
     p.lacks(reference)
 }
 
+/// MySQL: transactions `c` wrote itself (its server UUID) that another candidate or the
+/// primary's last known position lacks. A former primary's own GTIDs that everyone has are
+/// history, not errant.
+fn mysql_errant(c: &Candidate, all: &[Candidate], primary: Option<&Position>) -> Option<String> {
+    let uuid = c.server_uuid.as_deref()?;
+    let (_, own) = c.executed.gtid_set().iter().find(|(u, _)| *u == uuid)?;
+    let others = all
+        .iter()
+        .filter(|o| o.name != c.name)
+        .map(|o| o.received.gtid_set())
+        .chain(primary.map(Position::gtid_set));
+    for other in others {
+        if let Some((start, end)) = own.iter().find(|(s, e)| !other.covers(uuid, *s, *e)) {
+            return Some(format!("{uuid}:{start}-{end}"));
+        }
+    }
+    None
+}
+
 /// Choose the replica to promote. `primary` is the failed primary's last known position, if
 /// any; `budget` the most transactions a promotion may lose.
 pub fn choose(candidates: &[Candidate], primary: Option<&Position>, budget: LossBudget) -> Choice {
     let mut clean = Vec::new();
     for c in candidates {
-        match c.executed.iter().chain(c.received.iter()).find(|g| g.server_id == c.server_id) {
+        let maria = c
+            .executed
+            .iter()
+            .chain(c.received.iter())
+            .find(|g| g.server_id == c.server_id)
+            .map(|g| g.to_string());
+        match maria.or_else(|| mysql_errant(c, candidates, primary)) {
             Some(g) => tracing::warn!(candidate = %c.name, gtid = %g, "errant transaction: not a candidate"),
             None => clean.push(c),
         }
@@ -111,7 +139,13 @@ mod tests {
     }
 
     fn c(name: &str, server_id: u32, executed: &str, received: &str) -> Candidate {
-        Candidate { name: name.into(), server_id, executed: pos(executed), received: pos(received) }
+        Candidate {
+            name: name.into(),
+            server_id,
+            executed: pos(executed),
+            received: pos(received),
+            server_uuid: None,
+        }
     }
 
     fn promote(name: &str, wait_for_relay: bool, lost: u64) -> Choice {
@@ -248,5 +282,25 @@ mod tests {
         assert!(
             matches!(choose(&[r1], Some(&primary), most(4)), Choice::Refuse(reason) if reason.contains("lacks 5"))
         );
+    }
+
+    #[test]
+    fn a_mysql_replica_with_transactions_of_its_own_that_others_lack_is_not_promoted() {
+        let (u, own) = ("3e11fa47-71ca-11e1-9e33-c80aa9429562", "8e1e6e46-9c54-11e9-a3b8-0242ac110002");
+        let other = "aaaaaaaa-0000-0000-0000-000000000003";
+        let primary = pos(&format!("{u}:1-100"));
+        let with_uuid = |mut c: Candidate, uuid: &str| {
+            c.server_uuid = Some(uuid.into());
+            c
+        };
+        // r1 wrote 8e1e…:1-2 itself (a write on the replica): errant, though it is ahead.
+        let mine = format!("{u}:1-100,{own}:1-2");
+        let r1 = with_uuid(c("r1", 102, &mine, &mine), own);
+        let r2 = with_uuid(c("r2", 103, &format!("{u}:1-98"), &format!("{u}:1-98")), other);
+        assert_eq!(choose(&[r1, r2], Some(&primary), most(5)), promote("r2", false, 2));
+        // A former primary's own GTIDs that every other server has are history: not errant.
+        let r1 = with_uuid(c("r1", 102, &mine, &mine), own);
+        let r2 = with_uuid(c("r2", 103, &mine, &mine), other);
+        assert_eq!(choose(&[r1, r2], Some(&pos(&mine)), most(0)), promote("r1", false, 0));
     }
 }

@@ -294,6 +294,9 @@ pub struct Observed {
     /// It has a replication configuration (`SHOW SLAVE STATUS` answers a row).
     pub replica: bool,
     pub read_only: bool,
+    /// MySQL: `@@server_uuid`, the source of the GTIDs it writes itself (None on MariaDB,
+    /// whose GTIDs carry the server id).
+    pub server_uuid: Option<String>,
 }
 
 impl Observed {
@@ -359,6 +362,7 @@ pub fn observed(
         received,
         replica: status.is_some(),
         read_only: read_only != 0,
+        server_uuid: None,
     })
 }
 
@@ -367,7 +371,12 @@ pub async fn observe_conn(conn: &mut Conn, server: &DbServer, dialect: Dialect) 
     let state: (String, i64) =
         conn.query_first(dialect.state_query()).await.map_err(sql)?.unwrap_or_default();
     let status = replica_status(conn, dialect).await.map_err(sql)?;
-    observed(dialect, server, state, status.as_ref())
+    let mut observed = observed(dialect, server, state, status.as_ref())?;
+    if dialect.0 == Flavor::Mysql {
+        let uuid: Option<String> = conn.query_first("SELECT @@server_uuid").await.map_err(sql)?;
+        observed.server_uuid = uuid.map(|u| u.to_ascii_lowercase());
+    }
+    Ok(observed)
 }
 
 pub async fn observe(server: &DbServer, accounts: &Accounts, within: Duration) -> Result<Observed, DbError> {

@@ -205,6 +205,7 @@ pub async fn mysql_primary(
                     server_id: server.server_id,
                     executed: o.executed,
                     received: o.received,
+                    server_uuid: o.server_uuid,
                 });
             }
             Err(e) => {
