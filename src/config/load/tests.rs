@@ -281,3 +281,120 @@ fn a_problem_inside_a_probe_is_not_echoed_by_the_probe_as_a_whole() {
     );
     assert!(!err.to_string().contains("expected map with a single key"), "{err}");
 }
+
+/// The keys a section accepts, as the loader itself names them in its "unknown field" error
+/// for a key `zzz_probe` put into that section (`env`: the variable that puts it there, or a
+/// YAML text that already holds it).
+fn accepted(text: &str, env: Vec<(String, String)>, at: &str) -> Vec<String> {
+    let err = load_str("probe", text, env).expect_err("an unknown key is a problem");
+    let problem = err
+        .problems
+        .iter()
+        .find(|p| p.path == format!("{at}.zzz_probe").trim_start_matches('.'))
+        .unwrap_or_else(|| panic!("no unknown-field problem at {at}: {err}"));
+    let expected = problem.message.split("expected").nth(1).unwrap_or_default();
+    expected
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(|k| if at.is_empty() { k.to_string() } else { format!("{at}.{k}") })
+        .collect()
+}
+
+/// Every configuration key, section by section, as the structs accept them.
+fn every_key() -> Vec<String> {
+    let env_sections = [
+        ("", ""),
+        ("regions.<r>", "REGIONS__EAST"),
+        ("regions.<r>.mysql", "REGIONS__EAST__MYSQL"),
+        ("regions.<r>.mysql.primary", "REGIONS__EAST__MYSQL__PRIMARY"),
+        ("regions.<r>.kafka", "REGIONS__EAST__KAFKA"),
+        ("regions.<r>.redis", "REGIONS__EAST__REDIS"),
+        ("http", "HTTP"),
+        ("log", "LOG"),
+        ("shutdown", "SHUTDOWN"),
+        ("capture", "CAPTURE"),
+        ("apply", "APPLY"),
+        ("conflicts", "CONFLICTS"),
+        ("conflicts.tables.<t>", "CONFLICTS__TABLES__PSI.STOCK"),
+        ("watch", "WATCH"),
+        ("watch.leader", "WATCH__LEADER"),
+        ("watch.leader.kubernetes", "WATCH__LEADER__KUBERNETES"),
+        ("watch.alertmanager", "WATCH__ALERTMANAGER"),
+        ("watch.flap", "WATCH__FLAP"),
+        ("failover", "FAILOVER"),
+        ("failover.dns", "FAILOVER__DNS"),
+        ("failover.replication", "FAILOVER__REPLICATION"),
+    ];
+    let mut keys = Vec::new();
+    for (at, var) in env_sections {
+        let name =
+            if var.is_empty() { "FERRY__ZZZ_PROBE".to_string() } else { format!("FERRY__{var}__ZZZ_PROBE") };
+        let found =
+            accepted(GOOD, vec![(name, "1".into())], &at.replace("<r>", "east").replace("<t>", "psi.stock"));
+        keys.extend(
+            found.into_iter().map(|k| k.replacen(".east", ".<r>", 1).replacen("psi.stock", "<t>", 1)),
+        );
+    }
+    // Watch targets live in a list: the probe key goes in the YAML.
+    let target = |inner: &str| format!("{GOOD}watch:\n  targets:\n    - {{ name: t, {inner} }}\n");
+    let tcp = "probe: { tcp: { address: \"127.0.0.1:1\" } }";
+    let mut yaml_sections = vec![
+        ("watch.targets[]".to_string(), target(&format!("{tcp}, zzz_probe: 1"))),
+        ("watch.targets[].failover".into(), target(&format!("{tcp}, failover: {{ zzz_probe: 1 }}"))),
+        (
+            "watch.targets[].failover.haproxy".into(),
+            target(&format!("{tcp}, failover: {{ haproxy: {{ zzz_probe: 1 }} }}")),
+        ),
+    ];
+    for kind in variants(&target("probe: { zzz_probe: {} }")) {
+        yaml_sections.push((
+            format!("watch.targets[].probe.{kind}"),
+            target(&format!("probe: {{ {kind}: {{ zzz_probe: 1 }} }}")),
+        ));
+        keys.push(format!("watch.targets[].probe.{kind}"));
+    }
+    for kind in variants(&target(&format!("{tcp}, lb: {{ zzz_probe: {{}} }}"))) {
+        yaml_sections.push((
+            format!("watch.targets[].lb.{kind}"),
+            target(&format!("{tcp}, lb: {{ {kind}: {{ zzz_probe: 1 }} }}")),
+        ));
+        keys.push(format!("watch.targets[].lb.{kind}"));
+    }
+    for (at, text) in yaml_sections {
+        let found = accepted(&text, no_env(), &at.replace("[]", "[0]"));
+        keys.extend(found.into_iter().map(|k| k.replacen("[0]", "[]", 1)));
+    }
+    keys
+}
+
+/// The variants an enum accepts, from the loader's "unknown variant" error for `zzz_probe`.
+fn variants(text: &str) -> Vec<String> {
+    let err = load_str("variants", text, no_env()).expect_err("an unknown variant is a problem");
+    let problem = err
+        .problems
+        .iter()
+        .find(|p| p.message.contains("unknown variant `zzz_probe`"))
+        .unwrap_or_else(|| panic!("no unknown-variant problem: {err}"));
+    let expected = problem.message.split("expected").nth(1).unwrap_or_default();
+    expected.split('`').skip(1).step_by(2).map(str::to_string).collect()
+}
+
+#[test]
+fn the_reference_lists_every_key_the_configuration_accepts() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/config.md")).unwrap();
+    // The first cell of each table row: | `key` | …
+    let documented: std::collections::BTreeSet<String> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `")?.split_once("` |").map(|(k, _)| k.to_string()))
+        .collect();
+    let accepted: std::collections::BTreeSet<String> = every_key().into_iter().collect();
+    assert!(accepted.len() > 100, "the discovery found {} keys", accepted.len());
+    let missing: Vec<&String> = accepted.difference(&documented).collect();
+    let unknown: Vec<&String> = documented.difference(&accepted).collect();
+    assert!(missing.is_empty(), "keys the configuration accepts but docs/config.md lacks: {missing:?}");
+    assert!(
+        unknown.is_empty(),
+        "keys docs/config.md lists but the configuration does not accept: {unknown:?}"
+    );
+}
