@@ -167,8 +167,10 @@ pub fn needed(config: &Config) -> Vec<Need> {
     if fails_over {
         for (privilege, why) in [
             ("READ_ONLY ADMIN", "failover: fencing (read_only)"),
+            ("PROCESS", "failover: seeing every client session when fencing"),
             ("CONNECTION ADMIN", "failover: killing client sessions when fencing"),
             ("REPLICATION SLAVE ADMIN", "failover: promoting and re-pointing replicas"),
+            ("RELOAD", "failover: RESET SLAVE ALL when promoting"),
             ("BINLOG MONITOR", "failover: GTID positions"),
         ] {
             out.push(Need::global(privilege, why));

@@ -113,3 +113,56 @@ async fn the_install_guides_sql_is_all_capture_and_apply_need() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The guide's failover grants are enough to fence a primary (read-only, client sessions
+/// killed), promote its replica and make the old primary replicate from it, as ferry's
+/// failover does, with nothing but the guide's account.
+#[tokio::test]
+async fn the_install_guides_failover_grants_fence_promote_and_re_point() {
+    use ferry::config::{DbServer, Flavor};
+    use ferry::failover::mysql::{Accounts, fence, promote, replicate, replicates_from};
+    let primary = server("install-primary", 301, 3).await;
+    let mut o = MariaDbOptions::test("install-replica", 302, 3);
+    o.user = "admin".into();
+    let replica = MariaDb::start_replica(
+        o,
+        ferry::sandbox::ServerDir::temp("install-replica").unwrap(),
+        &primary,
+        false,
+    )
+    .await
+    .unwrap();
+    // An application session on the primary, with data privileges only.
+    let mut root = primary.root_conn().await.unwrap();
+    root.query_drop("CREATE USER app@'%' IDENTIFIED BY 'app-pw'").await.unwrap();
+    root.query_drop("GRANT SELECT, INSERT ON shop.* TO app@'%'").await.unwrap();
+    let app_opts = mysql_async::OptsBuilder::default()
+        .ip_or_hostname(primary.addr().ip().to_string())
+        .tcp_port(primary.addr().port())
+        .user(Some("app"))
+        .pass(Some("app-pw"))
+        .prefer_socket(false);
+    let mut app = mysql_async::Conn::new(app_opts).await.unwrap();
+    app.query_drop("INSERT INTO shop.t VALUES (1, 'before', NOW(6))").await.unwrap();
+
+    let accounts = Accounts {
+        user: "ferry".into(),
+        password: PASSWORD.into(),
+        repl_user: "ferry".into(),
+        repl_password: PASSWORD.into(),
+        flavor: Flavor::Mariadb,
+    };
+    let server = |db: &MariaDb| DbServer {
+        host: db.addr().ip().to_string(),
+        port: db.addr().port(),
+        server_id: db.options().server_id,
+    };
+    let (old, new) = (server(&primary), server(&replica));
+    let killed = fence(&old, &accounts, Duration::from_secs(5)).await.unwrap();
+    assert!(killed >= 1, "the application's session was killed ({killed})");
+    assert!(app.query_drop("SELECT 1").await.is_err(), "the application's session is gone");
+    let promoted = promote(&new, &accounts).await.unwrap();
+    assert!(promoted.writable(), "{promoted:?}");
+    replicate(&old, &new, &accounts, true).await.unwrap();
+    assert!(replicates_from(&old, &new, &accounts, Duration::from_secs(5)).await.unwrap());
+}
