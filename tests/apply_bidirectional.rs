@@ -9,7 +9,7 @@ use ferry::sandbox::{Broker, MariaDb, http_get, install_schemas};
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{FERRY, db_options, dump, region_config, wait_ready};
+use common::{FERRY, db_options, dump, region_config, two_regions, wait_ready};
 
 struct Ferry(std::process::Child, PathBuf);
 
@@ -117,11 +117,7 @@ fn foreign_domains_in_topic(bootstrap: &str, topic: &str, domain: u32) -> (usize
 
 #[tokio::test]
 async fn two_regions_written_concurrently_converge_without_loops() {
-    let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
-    let west = MariaDb::start_temp(db_options("west-db", 201, 2, 2)).await.unwrap();
-    let broker = Broker::start_temp().await.unwrap();
-    install_schemas(&east).await.unwrap();
-    install_schemas(&west).await.unwrap();
+    let (east, west, broker) = two_regions().await;
     let dir = tempfile::tempdir().unwrap();
     let regions = [("east", &east), ("west", &west)];
     let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
@@ -176,7 +172,7 @@ async fn two_regions_written_concurrently_converge_without_loops() {
             foreign > 0.0,
             "{region}'s capture saw and skipped the applied transactions (foreign = {foreign})"
         );
-        // east's server writes in GTID domain 1, west's in 2 (db_options above).
+        // east's server writes in GTID domain 1, west's in 2 (common::two_regions).
         let domain = if region == "east" { 1 } else { 2 };
         let (records, strangers) =
             foreign_domains_in_topic(&broker.bootstrap(), &format!("ferry.{region}.changes"), domain);

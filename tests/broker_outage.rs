@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use ferry::sandbox::{Broker, MariaDb, http_get, install_schemas};
+use ferry::sandbox::{Broker, MariaDb, http_get};
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{Reaped, db_options, region_config, spawn_ferry, wait_ready};
+use common::{Reaped, region_config, spawn_ferry, two_regions, wait_ready};
 
 const FREEZE: Duration = Duration::from_secs(20);
 
@@ -37,11 +37,7 @@ async fn metrics(http: std::net::SocketAddr) -> String {
 
 #[tokio::test]
 async fn a_frozen_broker_is_reported_within_seconds_and_apply_resumes_within_two_seconds_of_its_return() {
-    let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
-    let west = MariaDb::start_temp(db_options("west-db", 201, 2, 2)).await.unwrap();
-    let broker = Broker::start_temp().await.unwrap();
-    install_schemas(&east).await.unwrap();
-    install_schemas(&west).await.unwrap();
+    let (east, west, broker) = two_regions().await;
     let dir = tempfile::tempdir().unwrap();
     let regions = [("east", &east), ("west", &west)];
     let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());

@@ -13,11 +13,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, install_schemas, pick_port};
+use ferry::sandbox::{Broker, MariaDb, MariaDbOptions, http_get, pick_port};
 use mysql_async::prelude::Queryable;
 
 mod common;
-use common::{Reaped, db_options, dump, region_yaml, spawn_ferry, wait_ready};
+use common::{Reaped, dump, region_yaml, spawn_ferry, two_regions, wait_ready};
 
 fn write_config(
     dir: &Path,
@@ -104,11 +104,7 @@ async fn decrement(db: &MariaDb, times: usize, seed: u64) {
 
 #[tokio::test]
 async fn two_regions_writing_the_same_rows_converge_and_log_every_conflict() {
-    let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
-    let west = MariaDb::start_temp(db_options("west-db", 201, 2, 2)).await.unwrap();
-    let broker = Broker::start_temp().await.unwrap();
-    install_schemas(&east).await.unwrap();
-    install_schemas(&west).await.unwrap();
+    let (east, west, broker) = two_regions().await;
     let dir = tempfile::tempdir().unwrap();
     let (east_cfg, east_http) = write_config(dir.path(), "east", &east, &west, &broker);
     let (west_cfg, west_http) = write_config(dir.path(), "west", &east, &west, &broker);

@@ -119,7 +119,7 @@ async fn the_install_guides_sql_is_all_capture_and_apply_need() {
 /// failover does, with nothing but the guide's account.
 #[tokio::test]
 async fn the_install_guides_failover_grants_fence_promote_and_re_point() {
-    use ferry::config::{DbServer, Flavor};
+    use ferry::config::Flavor;
     use ferry::failover::mysql::{Accounts, fence, promote, replicate, replicates_from};
     let primary = server("install-primary", 301, 3).await;
     let mut o = MariaDbOptions::test("install-replica", 302, 3);
@@ -136,13 +136,7 @@ async fn the_install_guides_failover_grants_fence_promote_and_re_point() {
     let mut root = primary.root_conn().await.unwrap();
     root.query_drop("CREATE USER app@'%' IDENTIFIED BY 'app-pw'").await.unwrap();
     root.query_drop("GRANT SELECT, INSERT ON shop.* TO app@'%'").await.unwrap();
-    let app_opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(primary.addr().ip().to_string())
-        .tcp_port(primary.addr().port())
-        .user(Some("app"))
-        .pass(Some("app-pw"))
-        .prefer_socket(false);
-    let mut app = mysql_async::Conn::new(app_opts).await.unwrap();
+    let mut app = mysql_async::Conn::new(primary.opts_as("app", "app-pw")).await.unwrap();
     app.query_drop("INSERT INTO shop.t VALUES (1, 'before', NOW(6))").await.unwrap();
 
     let accounts = Accounts {
@@ -152,12 +146,7 @@ async fn the_install_guides_failover_grants_fence_promote_and_re_point() {
         repl_password: PASSWORD.into(),
         flavor: Flavor::Mariadb,
     };
-    let server = |db: &MariaDb| DbServer {
-        host: db.addr().ip().to_string(),
-        port: db.addr().port(),
-        server_id: db.options().server_id,
-    };
-    let (old, new) = (server(&primary), server(&replica));
+    let (old, new) = (primary.db_server(), replica.db_server());
     let killed = fence(&old, &accounts, Duration::from_secs(5)).await.unwrap();
     assert!(killed >= 1, "the application's session was killed ({killed})");
     assert!(app.query_drop("SELECT 1").await.is_err(), "the application's session is gone");

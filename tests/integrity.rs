@@ -474,6 +474,11 @@ async fn wait_not_ready(http: std::net::SocketAddr, needle: &str, log: &Path) ->
     }
 }
 
+/// The kafka section for one broker: one copy, said explicitly.
+fn single_broker(broker: &Broker) -> String {
+    format!("{{ bootstrap: [\"{}\"], replication_factor: 1, min_insync_replicas: 1 }}", broker.bootstrap())
+}
+
 /// A one-region config (`east`) on `db` with capture, and `kafka` as its kafka section.
 fn capture_config(dir: &Path, db: &MariaDb, kafka: &str, domain: u32) -> (PathBuf, std::net::SocketAddr) {
     let http = std::net::SocketAddr::from(([127, 0, 0, 1], pick_port([127, 0, 0, 1].into(), None).unwrap()));
@@ -512,10 +517,7 @@ async fn capture_refuses_a_configured_identity_that_is_not_the_servers_and_valid
     let db = MariaDb::start_temp(MariaDbOptions::test("east-identity", 101, 1)).await.unwrap();
     let broker = Broker::start_temp().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kafka = format!(
-        "{{ bootstrap: [\"{}\"], replication_factor: 1, min_insync_replicas: 1 }}",
-        broker.bootstrap()
-    );
+    let kafka = single_broker(&broker);
     let (config, _) = capture_config(dir.path(), &db, &kafka, 7);
     let out = std::process::Command::new(FERRY).args(["validate", "--config"]).arg(&config).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
@@ -538,10 +540,7 @@ async fn capture_refuses_a_server_without_binlog_checksums() {
     let db = MariaDb::start_temp(o).await.unwrap();
     let broker = Broker::start_temp().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kafka = format!(
-        "{{ bootstrap: [\"{}\"], replication_factor: 1, min_insync_replicas: 1 }}",
-        broker.bootstrap()
-    );
+    let kafka = single_broker(&broker);
     let (config, _) = capture_config(dir.path(), &db, &kafka, 1);
     let (code, log) = run_to_exit(&config, &dir.path().join("east.log"));
     assert_ne!(code, Some(0), "{log}");
@@ -574,13 +573,7 @@ async fn schema_install_never_drops_a_table_whose_columns_the_account_cannot_see
     // tombstones: information_schema shows it none of their columns.
     root.query_drop("CREATE USER narrow@'%' IDENTIFIED BY 'narrow-pw'").await.unwrap();
     root.query_drop("GRANT CREATE, DROP ON ferry.* TO narrow@'%'").await.unwrap();
-    let opts = mysql_async::OptsBuilder::default()
-        .ip_or_hostname(db.addr().ip().to_string())
-        .tcp_port(db.addr().port())
-        .user(Some("narrow"))
-        .pass(Some("narrow-pw"))
-        .prefer_socket(false);
-    let mut narrow = mysql_async::Conn::new(opts).await.unwrap();
+    let mut narrow = mysql_async::Conn::new(db.opts_as("narrow", "narrow-pw")).await.unwrap();
     let visible: Option<u8> = narrow
         .query_first("SELECT 1 FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = 'ferry' AND TABLE_NAME = 'tombstones'")
         .await
@@ -594,7 +587,6 @@ async fn schema_install_never_drops_a_table_whose_columns_the_account_cannot_see
 #[tokio::test]
 async fn re_pointing_a_replica_works_with_quotes_and_backslashes_in_the_password_under_no_backslash_escapes()
 {
-    use ferry::config::DbServer;
     use ferry::failover::mysql::{Accounts, replicate, replicates_from};
     let primary = MariaDb::start_temp(MariaDbOptions::test("quote-primary", 301, 3)).await.unwrap();
     let replica = MariaDb::start_idle_replica(
@@ -624,14 +616,9 @@ async fn re_pointing_a_replica_works_with_quotes_and_backslashes_in_the_password
         repl_password: password.into(),
         flavor: ferry::config::Flavor::Mariadb,
     };
-    let server = |db: &MariaDb| DbServer {
-        host: db.addr().ip().to_string(),
-        port: db.addr().port(),
-        server_id: db.options().server_id,
-    };
-    replicate(&server(&replica), &server(&primary), &accounts, false).await.unwrap();
+    replicate(&replica.db_server(), &primary.db_server(), &accounts, false).await.unwrap();
     assert!(
-        replicates_from(&server(&replica), &server(&primary), &accounts, Duration::from_secs(5))
+        replicates_from(&replica.db_server(), &primary.db_server(), &accounts, Duration::from_secs(5))
             .await
             .unwrap(),
         "the replica authenticated with the exact password and replicates"

@@ -248,6 +248,15 @@ impl MariaDb {
         &self.opts
     }
 
+    /// This server as a ferry configuration names it.
+    pub fn db_server(&self) -> crate::config::DbServer {
+        crate::config::DbServer {
+            host: self.addr().ip().to_string(),
+            port: self.addr().port(),
+            server_id: self.opts.server_id,
+        }
+    }
+
     pub fn dir(&self) -> &std::path::Path {
         self.dir.path()
     }
@@ -263,11 +272,16 @@ impl MariaDb {
 
     /// Connection options for the application user over TCP.
     pub fn opts(&self) -> Opts {
+        self.opts_as(&self.opts.user, &self.opts.password)
+    }
+
+    /// Connection options for `user` over TCP.
+    pub fn opts_as(&self, user: &str, password: &str) -> Opts {
         OptsBuilder::default()
             .ip_or_hostname(self.opts.ip.to_string())
             .tcp_port(self.port)
-            .user(Some(self.opts.user.clone()))
-            .pass(Some(self.opts.password.clone()))
+            .user(Some(user))
+            .pass(Some(password))
             .prefer_socket(false)
             .into()
     }

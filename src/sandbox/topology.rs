@@ -19,7 +19,7 @@ use super::mariadb::{MariaDb, MariaDbOptions};
 use super::process::{ProcessRecord, ServerDir, ServerProcess, start_server};
 use super::state::*;
 use super::{Broker, DnsServer, Haproxy, RedisServer, SandboxError, http_get, random_password};
-use crate::config::{self, Config, DbServer, KafkaConfig, MysqlConfig, RedisConfig, RegionConfig, Secret};
+use crate::config::{self, Config, KafkaConfig, MysqlConfig, RedisConfig, RegionConfig, Secret};
 
 pub const ZONE: &str = "psi.test";
 /// The PSI application's MariaDB account (same password as ferry's): SELECT, INSERT, UPDATE and
@@ -333,11 +333,6 @@ fn regions_config(
     secret: &Secret,
 ) -> BTreeMap<String, RegionConfig> {
     let names: Vec<&String> = regions.keys().collect();
-    let server = |db: &MariaDb| DbServer {
-        host: db.addr().ip().to_string(),
-        port: db.addr().port(),
-        server_id: db.options().server_id,
-    };
     regions
         .values()
         .map(|r| {
@@ -352,8 +347,8 @@ fn regions_config(
                     flavor: crate::config::Flavor::Mariadb,
                     gtid_domain_id: Some(r.db_primary.options().gtid_domain_id),
                     server_uuids: Vec::new(),
-                    primary: server(&r.db_primary),
-                    replicas: vec![server(&r.db_replica)],
+                    primary: r.db_primary.db_server(),
+                    replicas: vec![r.db_replica.db_server()],
                 },
                 kafka: KafkaConfig::single_broker(vec![broker.bootstrap()]),
                 redis: Some(RedisConfig {

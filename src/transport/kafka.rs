@@ -143,29 +143,66 @@ pub async fn ensure_topic(kafka: &KafkaConfig, topic: &str, partitions: i32) -> 
     if kafka.allow_under_replicated {
         return Ok(());
     }
-    let replicas = topic_replicas(kafka, topic).await.map_err(fail)?;
+    let metadata = metadata(kafka, Some(topic), ADMIN_TIMEOUT)
+        .await
+        .map_err(|e| fail(format!("reading the topic's metadata: {e}")))?;
+    let replicas = fewest_replicas(&metadata, topic)
+        .ok_or_else(|| fail("the broker lists no partition of the topic".into()))?;
+    match existing_topic_problem(kafka, &admin, topic, replicas).await.map_err(fail)? {
+        Some(problem) => Err(fail(problem)),
+        None => Ok(()),
+    }
+}
+
+/// Why an existing `topic` keeping `replicas` copies is below `kafka`'s settings: the copies
+/// first, then (when more than one is asked for) its `min.insync.replicas`.
+async fn existing_topic_problem(
+    kafka: &KafkaConfig,
+    admin: &AdminClient<DefaultClientContext>,
+    topic: &str,
+    replicas: i32,
+) -> Result<Option<String>, String> {
     if let Some(problem) = durability_problem(kafka, replicas, None) {
-        return Err(fail(problem));
+        return Ok(Some(problem));
     }
     if kafka.min_insync_replicas > 1 {
-        let insync = topic_min_insync(&admin, topic, &options).await.map_err(fail)?;
-        if let Some(problem) = durability_problem(kafka, replicas, Some(insync)) {
-            return Err(fail(problem));
-        }
+        let options =
+            AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
+        let insync = topic_min_insync(admin, topic, &options).await?;
+        return Ok(durability_problem(kafka, replicas, Some(insync)));
     }
-    Ok(())
+    Ok(None)
+}
+
+/// The cluster's metadata, of `topic` only or of every topic (a blocking request in rdkafka:
+/// off the async threads).
+async fn metadata(
+    kafka: &KafkaConfig,
+    topic: Option<&str>,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, String> {
+    let client: rdkafka::consumer::BaseConsumer =
+        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
+    let topic = topic.map(str::to_string);
+    tokio::task::spawn_blocking(move || {
+        rdkafka::consumer::Consumer::fetch_metadata(&client, topic.as_deref(), timeout)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())
+}
+
+/// The fewest replicas of any of `topic`'s partitions, if the metadata lists any.
+fn fewest_replicas(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<i32> {
+    let partitions = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions());
+    partitions.map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX)).min()
 }
 
 /// `topic` exists on `kafka`'s brokers (`Err`: they do not answer).
 pub async fn topic_exists(kafka: &KafkaConfig, topic: &str) -> Result<bool, String> {
-    let client: rdkafka::consumer::BaseConsumer =
-        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
-    let metadata = tokio::task::spawn_blocking(move || {
-        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(5))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| format!("the brokers do not answer: {e}"))?;
+    let metadata = metadata(kafka, None, Duration::from_secs(5))
+        .await
+        .map_err(|e| format!("the brokers do not answer: {e}"))?;
     Ok(metadata.topics().iter().any(|t| t.name() == topic))
 }
 
@@ -173,33 +210,14 @@ pub async fn topic_exists(kafka: &KafkaConfig, topic: &str) -> Result<bool, Stri
 /// created): `Ok(None)` when the topic does not exist yet (ferry creates it as configured) or
 /// keeps enough copies; `Err` when the brokers do not answer.
 pub async fn topic_problem(kafka: &KafkaConfig, topic: &str) -> Result<Option<String>, String> {
-    let client: rdkafka::consumer::BaseConsumer =
-        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
-    let metadata = tokio::task::spawn_blocking(move || {
-        rdkafka::consumer::Consumer::fetch_metadata(&client, None, Duration::from_secs(5))
-    })
-    .await
-    .map_err(|e| e.to_string())?
-    .map_err(|e| e.to_string())?;
-    let Some(found) = metadata.topics().iter().find(|t| t.name() == topic) else { return Ok(None) };
-    if kafka.allow_under_replicated {
+    let metadata = metadata(kafka, None, Duration::from_secs(5)).await?;
+    if kafka.allow_under_replicated || !metadata.topics().iter().any(|t| t.name() == topic) {
         return Ok(None);
     }
-    let replicas = found
-        .partitions()
-        .iter()
-        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
-        .min()
-        .unwrap_or(0);
-    let mut insync = None;
-    if kafka.min_insync_replicas > 1 {
-        let admin: AdminClient<DefaultClientContext> =
-            client_config(&kafka.bootstrap).create().map_err(|e| e.to_string())?;
-        let options =
-            AdminOptions::new().operation_timeout(Some(ADMIN_TIMEOUT)).request_timeout(Some(ADMIN_TIMEOUT));
-        insync = Some(topic_min_insync(&admin, topic, &options).await?);
-    }
-    Ok(durability_problem(kafka, replicas, insync).map(|p| format!("topic {topic}: {p}")))
+    let admin: AdminClient<DefaultClientContext> =
+        client_config(&kafka.bootstrap).create().map_err(|e| e.to_string())?;
+    let replicas = fewest_replicas(&metadata, topic).unwrap_or(0);
+    Ok(existing_topic_problem(kafka, &admin, topic, replicas).await?.map(|p| format!("topic {topic}: {p}")))
 }
 
 /// Why an existing topic with `replicas` copies (fewest of any partition) and
@@ -219,25 +237,6 @@ pub fn durability_problem(kafka: &KafkaConfig, replicas: i32, insync: Option<i32
         kafka.replication_factor,
         kafka.min_insync_replicas,
     ))
-}
-
-/// The fewest replicas of any of the topic's partitions (a blocking metadata request, off the
-/// async threads).
-async fn topic_replicas(kafka: &KafkaConfig, topic: &str) -> Result<i32, String> {
-    let client: rdkafka::consumer::BaseConsumer =
-        client_config(&kafka.bootstrap).create().map_err(|e| format!("kafka client: {e}"))?;
-    let name = topic.to_string();
-    let metadata = tokio::task::spawn_blocking(move || {
-        rdkafka::consumer::Consumer::fetch_metadata(&client, Some(&name), ADMIN_TIMEOUT)
-    })
-    .await
-    .map_err(|e| format!("reading the topic's metadata: {e}"))?
-    .map_err(|e| format!("reading the topic's metadata: {e}"))?;
-    let partitions = metadata.topics().iter().filter(|t| t.name() == topic).flat_map(|t| t.partitions());
-    partitions
-        .map(|p| i32::try_from(p.replicas().len()).unwrap_or(i32::MAX))
-        .min()
-        .ok_or_else(|| "the broker lists no partition of the topic".to_string())
 }
 
 /// The topic's `min.insync.replicas`.

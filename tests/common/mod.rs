@@ -58,6 +58,17 @@ impl Drop for Reaped {
     }
 }
 
+/// East's and west's primaries (server ids 101 and 201, GTID domains 1 and 2, the PSI schema
+/// installed) and one broker both regions use.
+pub async fn two_regions() -> (MariaDb, MariaDb, ferry::sandbox::Broker) {
+    let east = MariaDb::start_temp(db_options("east-db", 101, 1, 1)).await.unwrap();
+    let west = MariaDb::start_temp(db_options("west-db", 201, 2, 2)).await.unwrap();
+    let broker = ferry::sandbox::Broker::start_temp().await.unwrap();
+    ferry::sandbox::install_schemas(&east).await.unwrap();
+    ferry::sandbox::install_schemas(&west).await.unwrap();
+    (east, west, broker)
+}
+
 /// A small deterministic generator for kill schedules (print the seed to replay one).
 pub struct Lcg(pub u64);
 
