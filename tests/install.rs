@@ -1,5 +1,6 @@
-//! docs/install.md stays true: two MariaDB servers whose only account is an administrator get
-//! ferry's account from the guide's own SQL blocks (extracted from the file), `ferry validate`
+//! docs/install.md stays true: two MariaDB servers started with the guide's settings (its `ini`
+//! block, as every sandbox and test server is) whose only account is an administrator get
+//! ferry's account from the guide's own SQL blocks (read out of the page), `ferry validate`
 //! accepts the configs, and `ferry run` with capture in east and apply in west carries a row
 //! across (issue 14). A grant missing from the guide fails this test.
 
@@ -13,25 +14,6 @@ use common::{FERRY, Reaped, spawn_ferry, wait_ready};
 
 const PASSWORD: &str = "guide-pw";
 
-/// Every ```sql block of docs/install.md, statement by statement, with the guide's
-/// placeholder password replaced.
-fn guide_sql() -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/install.md")).unwrap();
-    let mut out = Vec::new();
-    for block in text.split("```sql").skip(1) {
-        let block = block.split("```").next().unwrap();
-        out.extend(
-            block
-                .split(';')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| s.replace("change-me", PASSWORD)),
-        );
-    }
-    assert!(out.len() >= 6, "the guide's SQL: {out:?}");
-    out
-}
-
 async fn server(name: &str, id: u32, domain: u32) -> MariaDb {
     let mut o = MariaDbOptions::test(name, id, domain);
     // The only account the server starts with is the administrator's.
@@ -44,7 +26,7 @@ async fn server(name: &str, id: u32, domain: u32) -> MariaDb {
     )
     .await
     .unwrap();
-    for statement in guide_sql() {
+    for statement in ferry::sandbox::guide::account_sql(PASSWORD, &["shop"]) {
         root.query_drop(&statement).await.unwrap_or_else(|e| panic!("{statement}: {e}"));
     }
     db

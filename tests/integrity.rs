@@ -606,7 +606,9 @@ async fn re_pointing_a_replica_works_with_quotes_and_backslashes_in_the_password
     // backslashes ends at the password's first quote.
     let mut replica_root = replica.root_conn().await.unwrap();
     replica_root.query_drop("SET GLOBAL sql_mode = 'NO_BACKSLASH_ESCAPES'").await.unwrap();
-    // ferry's account on the replica (the idle replica has only root until it replicates).
+    // ferry's account on the replica (the idle replica has only root until it replicates),
+    // kept out of its binlog: a local GTID there would stop strict-mode replication.
+    replica_root.query_drop("SET SESSION sql_log_bin = 0").await.unwrap();
     replica_root.query_drop("CREATE USER admin@'%' IDENTIFIED BY 'admin-pw'").await.unwrap();
     replica_root.query_drop("GRANT ALL ON *.* TO admin@'%'").await.unwrap();
     let accounts = Accounts {

@@ -376,15 +376,26 @@ impl Target {
 
     /// Make the next transaction carry the origin's GTID, so the target's binlog records it
     /// and the target's own capture recognises it as foreign.
+    ///
+    /// MariaDB: the domain and server id first, then the sequence number, in two statements.
+    /// Under `gtid_strict_mode` the server checks a new `gtid_seq_no` against the session's
+    /// domain and server id *as they are when the statement starts* (every assignment of one
+    /// SET is checked before any is made), so setting all three at once checks the origin's
+    /// number against this region's own domain and fails whenever that domain is further on.
     async fn set_identity(&mut self, gtid: &Gtid) -> Result<(), ApplyError> {
         let result = match gtid {
             Gtid::MariaDb(g) => {
-                self.conn
+                match self
+                    .conn
                     .exec_drop(
-                        "SET SESSION gtid_domain_id = ?, SESSION server_id = ?, SESSION gtid_seq_no = ?",
-                        (g.domain, g.server_id, g.seq),
+                        "SET SESSION gtid_domain_id = ?, SESSION server_id = ?",
+                        (g.domain, g.server_id),
                     )
                     .await
+                {
+                    Ok(()) => self.conn.exec_drop("SET SESSION gtid_seq_no = ?", (g.seq,)).await,
+                    Err(e) => Err(e),
+                }
             }
             Gtid::MySql { .. } => self.conn.exec_drop("SET gtid_next = ?", (gtid.to_string(),)).await,
         };

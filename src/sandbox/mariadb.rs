@@ -1,6 +1,7 @@
-//! A MariaDB server (primary or GTID replica) with the binlog settings ferry needs
-//! (`components.md`): ROW format, FULL row image and row metadata, GTIDs with a per-region
-//! domain, `log_slave_updates` so a promoted replica has every transaction in its binlog.
+//! A MariaDB server (primary or GTID replica) started with the settings of the install guide
+//! (`docs/install.md`, read by [`super::guide`]): ROW format, FULL row image and row metadata,
+//! strict GTIDs with a per-region domain, `log_slave_updates` so a promoted replica has every
+//! transaction in its binlog, read-only until made a primary.
 //!
 //! Users: the primary creates the application user (all privileges) and the replication user;
 //! replicas receive both through replication (creating them locally would break it).
@@ -15,18 +16,13 @@ use mysql_async::{Conn, Opts, OptsBuilder, Row};
 use super::process::{ServerDir, ServerProcess, start_server};
 use super::{READY_TIMEOUT, SandboxError, run_command};
 
-/// Server options ferry's capture relies on (components.md), the same for every instance.
+/// Options of every instance besides the install guide's settings (`guide::server_settings`,
+/// which every server starts with): a small footprint and a loopback-only server.
 const SERVER_ARGS: &[&str] = &[
-    "--log-bin=binlog",
     "--relay-log=relay",
-    "--log-slave-updates=ON",
-    "--binlog-format=ROW",
-    "--binlog-row-image=FULL",
-    "--binlog-row-metadata=FULL",
     "--skip-name-resolve",
     "--character-set-server=utf8mb4",
     "--collation-server=utf8mb4_unicode_ci",
-    "--default-time-zone=+00:00",
     "--innodb-buffer-pool-size=64M",
     "--innodb-log-file-size=16M",
     "--rpl-semi-sync-master-timeout=2000",
@@ -85,13 +81,16 @@ impl MariaDb {
 
     /// Start a primary in `dir` and create its users.
     pub async fn start_primary(opts: MariaDbOptions, dir: ServerDir) -> Result<Self, SandboxError> {
-        let db = Self::start(opts, dir, false).await?;
+        let db = Self::start(opts, dir).await?;
         let o = &db.opts;
         let statements = [
             format!("CREATE USER '{}'@'%' IDENTIFIED BY '{}'", o.user, o.password),
             format!("GRANT ALL PRIVILEGES ON *.* TO '{}'@'%' WITH GRANT OPTION", o.user),
             format!("CREATE USER '{REPL_USER}'@'%' IDENTIFIED BY '{}'", o.password),
             format!("GRANT REPLICATION SLAVE, REPLICATION CLIENT ON *.* TO '{REPL_USER}'@'%'"),
+            // Every server starts read-only (the guide); the first primary is made writable by
+            // hand, once, as the guide says.
+            "SET GLOBAL read_only = OFF".to_string(),
         ];
         let mut conn = db.root_conn().await?;
         for sql in statements {
@@ -118,7 +117,7 @@ impl MariaDb {
 
     /// Start a read-only server that will be a replica, without replicating yet.
     pub async fn start_idle_replica(opts: MariaDbOptions, dir: ServerDir) -> Result<Self, SandboxError> {
-        Self::start(opts, dir, true).await
+        Self::start(opts, dir).await
     }
 
     /// Point this server at `primary` by GTID and start replicating.
@@ -148,7 +147,7 @@ impl MariaDb {
         Ok(())
     }
 
-    async fn start(opts: MariaDbOptions, dir: ServerDir, replica: bool) -> Result<Self, SandboxError> {
+    async fn start(opts: MariaDbOptions, dir: ServerDir) -> Result<Self, SandboxError> {
         let data = dir.path().join("data");
         // A private tmpdir: concurrent bootstraps sharing /tmp collide on temp-table files.
         let tmp = dir.path().join("tmp");
@@ -178,11 +177,9 @@ impl MariaDb {
                 .arg(format!("--bind-address={}", opts.ip))
                 .arg(format!("--server-id={}", opts.server_id))
                 .arg(format!("--gtid-domain-id={}", opts.gtid_domain_id))
+                .args(super::guide::server_settings())
                 .args(SERVER_ARGS)
                 .args(&opts.extra_args);
-            if replica {
-                cmd.arg("--read-only=ON");
-            }
             if is_root() {
                 cmd.arg("--user=root");
             }

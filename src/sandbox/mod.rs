@@ -13,6 +13,7 @@
 
 pub mod app_node;
 mod dns;
+pub mod guide;
 mod haproxy;
 mod kafka;
 mod mariadb;
@@ -32,8 +33,8 @@ pub use process::{ProcessRecord, ServerDir, ServerProcess, pick_port};
 pub use redis_server::RedisServer;
 pub use state::{DbState, STATE_FILE, SandboxState};
 pub use topology::{
-    APP_USER, DEFAULT_REGIONS, DownReport, ProcessStatus, UpOptions, UpOutcome, ZONE, down, install_schemas,
-    status, up,
+    ADMIN_USER, APP_USER, DEFAULT_REGIONS, DownReport, FERRY_USER, ProcessStatus, UpOptions, UpOutcome, ZONE,
+    create_ferry_account, down, install_schemas, status, up,
 };
 
 /// How long a server may take to become ready.

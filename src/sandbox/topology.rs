@@ -22,6 +22,10 @@ use super::{Broker, DnsServer, Haproxy, RedisServer, SandboxError, http_get, ran
 use crate::config::{self, Config, KafkaConfig, MysqlConfig, RedisConfig, RegionConfig, Secret};
 
 pub const ZONE: &str = "psi.test";
+/// The sandbox's MariaDB administrator (all privileges; the DSNs in `sandbox.json`).
+pub const ADMIN_USER: &str = "admin";
+/// ferry's own MariaDB account, created by the install guide's SQL (`docs/install.md`).
+pub const FERRY_USER: &str = "ferry";
 /// The PSI application's MariaDB account (same password as ferry's): SELECT, INSERT, UPDATE and
 /// DELETE on `psi.*`, nothing that bypasses `read_only`.
 pub const APP_USER: &str = "app";
@@ -147,6 +151,7 @@ pub async fn up(opts: UpOptions) -> Result<UpOutcome, SandboxError> {
     }
     for region in regions.values() {
         install_schemas(&region.db_primary).await?;
+        create_ferry_account(&region.db_primary, &["psi"]).await?;
     }
 
     let template = config::load_str("config/sandbox.yaml", TEMPLATE, std::iter::empty())
@@ -214,7 +219,7 @@ async fn start_region(
         preferred_port: Some(3306),
         server_id,
         gtid_domain_id: u32::from(octet),
-        user: "ferry".into(),
+        user: ADMIN_USER.into(),
         password: password.clone(),
         extra_args: vec![
             format!("--auto-increment-increment={region_count_hint}"),
@@ -304,6 +309,20 @@ async fn start_app(
     Ok(AppNode { name, addr, process })
 }
 
+/// Create ferry's account on `primary` (it replicates to the replicas) exactly as the install
+/// guide's SQL does, with the sandbox's password and the application grants on `schemas`: the
+/// sandbox's ferries run with the least privilege the guide gives, not as an administrator.
+pub async fn create_ferry_account(primary: &MariaDb, schemas: &[&str]) -> Result<(), SandboxError> {
+    let mut conn = primary.root_conn().await?;
+    for sql in super::guide::account_sql(&primary.options().password, schemas) {
+        conn.query_drop(&sql).await.map_err(|e| {
+            SandboxError::sql(format!("creating ferry's account on {}: {sql}", primary.name()), e)
+        })?;
+    }
+    conn.disconnect().await.ok();
+    Ok(())
+}
+
 /// Install the `ferry` metadata schema and the PSI demo schema on `primary`.
 pub async fn install_schemas(primary: &MariaDb) -> Result<(), SandboxError> {
     let mut conn = primary.conn().await?;
@@ -342,7 +361,7 @@ fn regions_config(
                 priority: u32::from(r.octet),
                 standby,
                 mysql: MysqlConfig {
-                    user: r.db_primary.options().user.clone(),
+                    user: FERRY_USER.into(),
                     password: secret.clone(),
                     flavor: crate::config::Flavor::Mariadb,
                     gtid_domain_id: Some(r.db_primary.options().gtid_domain_id),
