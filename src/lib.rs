@@ -12,7 +12,8 @@
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions and origin filter.
 //! - [`cli`]: the command line (clap) and exit codes.
-//! - [`app`]: the supervisor: roles, readiness, ordered shutdown under a grace timeout.
+//! - [`app`]: the supervisor: starts the roles, readiness, ordered shutdown under a grace timeout.
+//! - [`runtime`]: what a role is (trait, context, shutdown stages); roles depend on it, not on `app`.
 //! - [`status`]: the board where roles report their state; backs `/health/ready` and `/status`.
 //! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
 //! - [`model`]: GTIDs and positions, typed column values, row changes (plain data).
@@ -33,6 +34,7 @@ pub mod failover;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod runtime;
 pub mod sandbox;
 pub mod schema;
 pub mod setup;

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ferry::capture::source::BinlogSource;
-use ferry::capture::txn::{Assembler, OriginFilter, Outcome, Step};
+use ferry::capture::txn::{Assembler, Outcome, Step};
+use ferry::model::OriginFilter;
 use ferry::config::Flavor;
 
 mod common;

@@ -1,6 +1,7 @@
 use std::sync::{Arc, Mutex};
 
 use super::*;
+use crate::runtime::RoleFuture;
 
 /// A role that waits for shutdown, then takes `linger` to stop and records its name.
 struct Recorder {

@@ -10,7 +10,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 
 use super::metrics::CollectedLabels;
-use crate::app::AbortOnDrop;
+use crate::runtime::AbortOnDrop;
 
 const EVERY: Duration = Duration::from_secs(60);
 const BATCH: u64 = 5000;

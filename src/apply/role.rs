@@ -22,10 +22,10 @@ use super::metrics::{ApplyMetrics, ConflictLabels, OriginKindLabels, OriginLabel
 use super::parallel::{KeyTracker, Sequencer, row_keys};
 use super::reassemble::{Assembled, Reassembler, Transaction};
 use super::target::{ApplyError, GroupOutcome, Statements, Target};
-use crate::app::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, MysqlConfig, OnError};
 use crate::conflict::Rules;
 use crate::model::{Gtid, Value};
+use crate::runtime::{AbortOnDrop, Role, RoleContext, RoleFuture, Stage};
 use crate::status::RoleState;
 use crate::transport::envelope::Envelope;
 use crate::transport::kafka::{client_config, ensure_topic};

@@ -193,7 +193,7 @@ pub(crate) async fn capture_leg<S: RecordSink>(
     let settings = PipelineSettings {
         region: "east".into(),
         flavor: crate::config::Flavor::Mariadb,
-        origin: crate::capture::txn::OriginFilter::Domain(1),
+        origin: crate::model::OriginFilter::Domain(1),
         reader_server_id: 7001,
         heartbeat: Duration::from_secs(1),
         max_record_bytes: 512 * 1024,

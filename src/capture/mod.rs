@@ -3,6 +3,7 @@
 
 pub mod checkpoint;
 pub mod decode;
+pub mod error;
 pub mod generated;
 pub mod metrics;
 pub mod mysql8;

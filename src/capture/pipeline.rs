@@ -14,47 +14,21 @@ use mysql_async::Opts;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+pub use super::error::CaptureError;
 use super::generated::GeneratedColumns;
 use super::metrics::{CaptureMetrics, KindLabels};
-use super::source::{BinlogSource, SourceError};
+use super::source::BinlogSource;
 use super::tombstones::LocalTombstones;
-use super::txn::{AssembleError, Assembler, OriginFilter, Outcome, Step};
+use super::txn::{Assembler, Outcome, Step};
 use crate::config::Flavor;
-use crate::model::{Gtid, Position, RowChange};
-use crate::transport::envelope::{EnvelopeError, Record, RecordBuilder};
+use crate::model::{Gtid, OriginFilter, Position, RowChange};
+use crate::transport::envelope::{Record, RecordBuilder};
 use crate::transport::kafka::{AckFuture, RecordSink, SinkError};
 
 /// Records waiting for their ack; the byte budget is the real bound, this only caps entries.
 const ACK_QUEUE: usize = 4096;
 /// How long shutdown waits for outstanding acks.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
-
-#[derive(Debug, thiserror::Error)]
-pub enum CaptureError {
-    #[error(transparent)]
-    Source(#[from] SourceError),
-    #[error("binlog transaction structure: {0}")]
-    Assemble(#[from] AssembleError),
-    #[error(transparent)]
-    Envelope(#[from] EnvelopeError),
-    #[error(transparent)]
-    Sink(#[from] SinkError),
-    #[error("checkpoint store: {0}")]
-    Checkpoint(String),
-    #[error("preflight: {0}")]
-    Preflight(String),
-}
-
-impl CaptureError {
-    /// Worth retrying by reconnecting from the checkpoint (the same input would not fail again).
-    pub fn is_transient(&self) -> bool {
-        match self {
-            CaptureError::Source(e) => e.is_transient(),
-            CaptureError::Sink(_) | CaptureError::Checkpoint(_) => true,
-            CaptureError::Assemble(_) | CaptureError::Envelope(_) | CaptureError::Preflight(_) => false,
-        }
-    }
-}
 
 /// Acknowledged progress, watched by the checkpoint writer.
 #[derive(Debug, Clone, Default, PartialEq)]

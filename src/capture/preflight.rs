@@ -6,8 +6,8 @@ use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
 use super::pipeline::CaptureError;
-use super::txn::OriginFilter;
 use crate::config::{ConfigProblem, Flavor, MysqlConfig};
+use crate::model::OriginFilter;
 use crate::model::{GtidSet, Position};
 
 fn fail(message: String) -> CaptureError {

@@ -9,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use super::checkpoint;
 use super::metrics::CaptureMetrics;
 use super::pipeline::{self, CaptureError, PipelineSettings, Progress};
-use super::txn::OriginFilter;
 use crate::config::Config;
+use crate::model::OriginFilter;
 use crate::model::{Position, RowChange};
 use crate::transport::kafka::StdoutSink;
 
@@ -56,7 +56,7 @@ pub async fn run(
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        crate::app::shutdown_signal().await;
+        crate::runtime::shutdown_signal().await;
         signal_stop.cancel();
     });
     let metrics = CaptureMetrics::default();

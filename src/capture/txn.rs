@@ -7,7 +7,7 @@
 //! `ferry.heartbeat`. Rows are handed on as they arrive, so a transaction of any size streams
 //! through without being held whole.
 
-use crate::model::{Gtid, Position, RowChange};
+use crate::model::{Gtid, OriginFilter, Position, RowChange};
 
 use super::source::SourceEvent;
 
@@ -49,28 +49,6 @@ pub enum AssembleError {
     OutsideTransaction(&'static str),
     #[error("transaction {0} began before {1} ended")]
     Overlap(Gtid, Gtid),
-}
-
-/// Which transactions are this region's own.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginFilter {
-    /// MariaDB: the region's GTID domain.
-    Domain(u32),
-    /// MySQL: the region's server UUIDs (lowercase).
-    Uuids(Vec<String>),
-    /// Every transaction counts as local (`ferry tail --all-origins`).
-    All,
-}
-
-impl OriginFilter {
-    pub fn is_local(&self, gtid: &Gtid) -> bool {
-        match (self, gtid) {
-            (OriginFilter::All, _) => true,
-            (OriginFilter::Domain(d), Gtid::MariaDb(g)) => g.domain == *d,
-            (OriginFilter::Uuids(uuids), Gtid::MySql { uuid, .. }) => uuids.iter().any(|u| u == uuid),
-            _ => false,
-        }
-    }
 }
 
 pub const FERRY_SCHEMA: &str = "ferry";

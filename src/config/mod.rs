@@ -31,8 +31,8 @@ pub use watch::{
 
 impl MysqlConfig {
     /// Which transactions are this region's own.
-    pub fn origin_filter(&self) -> crate::capture::txn::OriginFilter {
-        use crate::capture::txn::OriginFilter;
+    pub fn origin_filter(&self) -> crate::model::OriginFilter {
+        use crate::model::OriginFilter;
         match self.flavor {
             Flavor::Mariadb => OriginFilter::Domain(self.gtid_domain_id.unwrap_or(0)),
             Flavor::Mysql => {

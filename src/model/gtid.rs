@@ -219,6 +219,28 @@ impl FromStr for Position {
     }
 }
 
+/// Which transactions are this region's own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginFilter {
+    /// MariaDB: the region's GTID domain.
+    Domain(u32),
+    /// MySQL: the region's server UUIDs (lowercase).
+    Uuids(Vec<String>),
+    /// Every transaction counts as local (`ferry tail --all-origins`).
+    All,
+}
+
+impl OriginFilter {
+    pub fn is_local(&self, gtid: &Gtid) -> bool {
+        match (self, gtid) {
+            (OriginFilter::All, _) => true,
+            (OriginFilter::Domain(d), Gtid::MariaDb(g)) => g.domain == *d,
+            (OriginFilter::Uuids(uuids), Gtid::MySql { uuid, .. }) => uuids.iter().any(|u| u == uuid),
+            _ => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

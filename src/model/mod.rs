@@ -5,7 +5,7 @@ mod gtid;
 mod gtid_set;
 mod value;
 
-pub use gtid::{Gtid, GtidParseError, MariaGtid, Position};
+pub use gtid::{Gtid, GtidParseError, MariaGtid, OriginFilter, Position};
 pub use gtid_set::GtidSet;
 pub use value::{Row, Value, base64, civil_from_unix, format_datetime, format_time};
 

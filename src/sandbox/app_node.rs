@@ -66,7 +66,7 @@ pub async fn serve(listen: SocketAddr, name: &str, region: &str) -> std::io::Res
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
-        crate::app::shutdown_signal().await;
+        crate::runtime::shutdown_signal().await;
         signal_stop.cancel();
     });
     axum::serve(listener, router(name, region))

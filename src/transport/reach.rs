@@ -14,9 +14,9 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio::time::Instant;
 
 use super::kafka::client_config;
-use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::Config;
 use crate::metrics::{Metrics, names};
+use crate::runtime::{Role, RoleContext, RoleFuture, Stage};
 use crate::status::RoleState;
 
 /// How often the brokers are asked.

@@ -20,9 +20,9 @@ use super::leader::{Holder, KubeLease, Leadership, Lease};
 use super::primary::{PrimaryWatch, Region};
 use super::probe::{Credentials, Failure, probe};
 use super::state::{Event, Thresholds, Tilt, Tracker};
-use crate::app::{Role, RoleContext, RoleFuture, Stage};
 use crate::config::{Config, LbMember, TargetConfig, WatchConfig};
 use crate::metrics::{Metrics, names};
+use crate::runtime::{Role, RoleContext, RoleFuture, Stage};
 use crate::status::RoleState;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -155,7 +155,7 @@ fn flavors_require_their_origin_identity_and_the_capture_id_is_unique() {
     let config = load_str("good", &good, no_env()).expect("a MySQL region with UUIDs is valid");
     assert_eq!(
         config.regions["west"].mysql.origin_filter(),
-        crate::capture::txn::OriginFilter::Uuids(vec!["3e11fa47-71ca-11e1-9e33-c80aa9429562".into()])
+        crate::model::OriginFilter::Uuids(vec!["3e11fa47-71ca-11e1-9e33-c80aa9429562".into()])
     );
 }
 
