@@ -64,6 +64,14 @@ async fn a_good_configuration_is_valid_and_a_wrong_password_is_not() {
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("regions.east.mysql.password") && out.contains("refuses ferry's account"), "{out}");
     assert!(out.contains("Access denied"), "{out}");
+
+    // The server's GTID domain is 1; a config that says 7 would capture nothing as local.
+    let domain = dir.path().join("domain.yaml");
+    std::fs::write(&domain, text.replacen("gtid_domain_id: 1", "gtid_domain_id: 7", 1)).unwrap();
+    let (code, out) = validate(&domain);
+    println!("wrong domain id:\n{out}");
+    assert_eq!(code, Some(64), "{out}");
+    assert!(out.contains("regions.east.mysql.gtid_domain_id"), "{out}");
 }
 
 #[tokio::test]
