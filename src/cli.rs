@@ -50,6 +50,29 @@ enum Command {
     },
     /// List the conflicts this region decided (`ferry.conflicts` on the local primary), newest
     /// first.
+    /// Compare the regions' tables row by row while writes go on: chunked checksums, the
+    /// differing rows found exactly, each re-read after replication caught up before it is
+    /// reported. Exit 0: the regions agree; 3: differences found; 64: bad configuration;
+    /// 1: any other failure.
+    Check {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        /// Only these tables (`db.table,...`); default: every user table apply governs.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+        /// Only these regions (`a,b`); default: every configured region.
+        #[arg(long, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// One JSON object per line: each difference, then `{"summary": ...}`.
+        #[arg(long)]
+        json: bool,
+        /// Repair every persistent difference by the conflict rules, through the pipeline.
+        #[arg(long)]
+        repair: bool,
+        /// With --repair: print the plan, change nothing.
+        #[arg(long, requires = "repair")]
+        dry_run: bool,
+    },
     Conflicts {
         #[arg(long, env = "FERRY_CONFIG")]
         config: PathBuf,
@@ -222,6 +245,9 @@ pub fn main() -> i32 {
         Command::Init { config, apply, admin_user, admin_password } => {
             let admin = apply.then_some(crate::setup::Admin { user: admin_user, password: admin_password });
             init(&config, admin)
+        }
+        Command::Check { config, tables, regions, json, repair, dry_run } => {
+            check(&config, crate::check::Options { tables, regions }, json, repair, dry_run)
         }
         Command::Conflicts { config, since, table, limit, json } => {
             conflicts(&config, ConflictFilter { since, table, limit }, json)
@@ -431,6 +457,94 @@ fn conflicts(path: &Path, filter: ConflictFilter, json: bool) -> i32 {
                 1
             }
         }
+    })
+}
+
+/// Exit code of `ferry check` when the regions differ.
+const EXIT_DIFFERENT: i32 = 3;
+
+fn check(path: &Path, options: crate::check::Options, json: bool, repair: bool, dry_run: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(config.log.format, "warn");
+    block_on(async move {
+        let report = match crate::check::run(&config, &options).await {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("ferry check: {e}");
+                return 1;
+            }
+        };
+        for d in &report.differences {
+            if json {
+                println!("{}", serde_json::to_string(d).unwrap_or_default());
+            } else {
+                println!("{}", d.line());
+            }
+        }
+        for (table, why) in &report.skipped {
+            if json {
+                println!("{}", serde_json::json!({ "skipped": { "table": table, "reason": why } }));
+            } else {
+                println!("{table}  skipped: {why}");
+            }
+        }
+        let s = &report.summary;
+        if json {
+            println!("{}", serde_json::json!({ "summary": s }));
+        } else {
+            println!(
+                "{} tables, {} chunks, {} rows compared, {} differences, {} unsettled in {:.1} s ({:.0} rows/s)",
+                s.tables,
+                s.chunks,
+                s.rows,
+                s.differences,
+                s.unsettled,
+                s.seconds,
+                s.rows as f64 / s.seconds.max(1e-3)
+            );
+        }
+        if repair && !report.differences.is_empty() {
+            let mut plans = match crate::check::repair::plan(&config, &report.differences).await {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("ferry check --repair: {e}");
+                    return 1;
+                }
+            };
+            if !dry_run
+                && let Err(e) =
+                    crate::check::repair::carry_out(&config, &report.differences, &mut plans).await
+            {
+                eprintln!("ferry check --repair: {e}");
+                return 1;
+            }
+            for p in &plans {
+                if json {
+                    println!("{}", serde_json::json!({ "repair": p }));
+                } else {
+                    let key = p
+                        .key
+                        .as_ref()
+                        .map(|k| serde_json::to_string(k).unwrap_or_default())
+                        .unwrap_or_default();
+                    let what = match &p.action {
+                        crate::check::repair::Action::Rewrite { region, .. } => {
+                            format!("rewrite from {region} (its row wins)")
+                        }
+                        crate::check::repair::Action::Delete { regions, winner, .. } => {
+                            format!("delete in {} ({winner}'s tombstone wins)", regions.join(","))
+                        }
+                        crate::check::repair::Action::Leave { reason } => format!("left alone: {reason}"),
+                    };
+                    let outcome = p.outcome.as_deref().map(|o| format!(": {o}")).unwrap_or_default();
+                    println!("repair {}  {key}  {what}{outcome}", p.table);
+                }
+            }
+        }
+        if s.differences + s.unsettled > 0 { EXIT_DIFFERENT } else { 0 }
     })
 }
 

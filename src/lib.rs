@@ -10,7 +10,8 @@
 //! - [`watch`]: the health loop: probes, state machine, load-balancer members, leases, alerts.
 //! - [`failover`]: candidate choice, fencing, promotion, re-pointing, DNS/HAProxy and region switches.
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
-//! - [`capture`]: binlog source, row decoding, transactions and origin filter.
+//! - [`capture`]: binlog source, row decoding, transactions.
+//! - [`check`]: `ferry check`: chunked comparison of the regions, settled drill-down, repair.
 //! - [`cli`]: the command line (clap) and exit codes.
 //! - [`app`]: the supervisor: starts the roles, readiness, ordered shutdown under a grace timeout.
 //! - [`runtime`]: what a role is (trait, context, shutdown stages); roles depend on it, not on `app`.
@@ -27,6 +28,7 @@ pub mod app;
 pub mod apply;
 pub mod bench;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod conflict;

@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use ferry::capture::source::BinlogSource;
 use ferry::capture::txn::{Assembler, Outcome, Step};
-use ferry::model::OriginFilter;
 use ferry::config::Flavor;
+use ferry::model::OriginFilter;
 
 mod common;
 use common::single_region_config;

@@ -86,6 +86,9 @@ pub struct Config {
     /// failover`, `ferry switchover`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failover: Option<FailoverConfig>,
+    /// How `ferry check` compares the regions.
+    #[serde(default)]
+    pub check: CheckConfig,
 }
 
 impl Config {
@@ -315,6 +318,71 @@ pub struct TableRules {
     /// Only this region writes the table: its changes apply as they are, no conflict rules.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub single_writer: Option<String>,
+}
+
+/// Where `ferry check` reads each region's rows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReadFrom {
+    /// The region's current primary.
+    #[default]
+    Primary,
+    /// The region's first replica (keeps the load off the primary; its lag adds to the wait).
+    Replica,
+}
+
+/// The consistency check (`ferry check`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckConfig {
+    /// Each region's primary or its first replica.
+    #[serde(default)]
+    pub read_from: ReadFrom,
+    /// The chunk size adapts so that one chunk's checksum takes about this long.
+    #[serde(default = "default_chunk_time", with = "humantime_serde")]
+    pub chunk_time: Duration,
+    /// How long a differing row waits for every region to apply what the others had when it
+    /// was read, before it is read again.
+    #[serde(default = "default_check_max_wait", with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// How many times a differing row is read again before it is reported.
+    #[serde(default = "default_rechecks")]
+    pub rechecks: u32,
+    /// Rows read per second per region at most (0 = no limit).
+    #[serde(default)]
+    pub max_rows_per_second: u64,
+    /// Checking pauses while any region's apply backlog is older than this.
+    #[serde(default = "default_check_max_lag", with = "humantime_serde")]
+    pub max_lag: Duration,
+}
+
+impl Default for CheckConfig {
+    fn default() -> Self {
+        Self {
+            read_from: ReadFrom::default(),
+            chunk_time: default_chunk_time(),
+            max_wait: default_check_max_wait(),
+            rechecks: default_rechecks(),
+            max_rows_per_second: 0,
+            max_lag: default_check_max_lag(),
+        }
+    }
+}
+
+fn default_chunk_time() -> Duration {
+    Duration::from_millis(500)
+}
+
+fn default_check_max_wait() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_rechecks() -> u32 {
+    3
+}
+
+fn default_check_max_lag() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_version_column() -> String {

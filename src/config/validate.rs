@@ -155,6 +155,16 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
             push("apply.max_group_transactions".into(), "must be between 1 and 10000".into(), None);
         }
     }
+    let check = &config.check;
+    if check.chunk_time < Duration::from_millis(10) {
+        push("check.chunk_time".into(), "must be at least 10ms".into(), None);
+    }
+    if check.max_wait.is_zero() {
+        push("check.max_wait".into(), "must be more than 0s".into(), None);
+    }
+    if check.max_lag.is_zero() {
+        push("check.max_lag".into(), "must be more than 0s".into(), None);
+    }
     let conflicts = &config.conflicts;
     if conflicts.version_column.trim().is_empty() {
         push("conflicts.version_column".into(), "must name a column".into(), None);

@@ -325,6 +325,7 @@ fn every_key() -> Vec<String> {
         ("failover", "FAILOVER"),
         ("failover.dns", "FAILOVER__DNS"),
         ("failover.replication", "FAILOVER__REPLICATION"),
+        ("check", "CHECK"),
     ];
     let mut keys = Vec::new();
     for (at, var) in env_sections {

@@ -1,0 +1,222 @@
+//! A table as the check sees it in one region: its columns (generated ones left out, since
+//! they are not replicated), its primary key and its indexes, and the SQL that turns one row
+//! into a 128-bit digest of its exact bytes.
+
+use mysql_async::Conn;
+use mysql_async::prelude::Queryable;
+
+use crate::apply::sql::quote;
+
+/// `information_schema.COLUMNS`: name, type, data type, nullable, charset, collation,
+/// generated.
+type ColumnRow = (String, String, String, String, Option<String>, Option<String>, String);
+
+/// One column's definition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Column {
+    pub name: String,
+    /// `COLUMN_TYPE`, e.g. `decimal(12,2)`, `varchar(40)`.
+    pub column_type: String,
+    pub data_type: String,
+    pub nullable: bool,
+    pub charset: Option<String>,
+    pub collation: Option<String>,
+}
+
+/// A table's definition in one region.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Definition {
+    /// Stored columns by name (generated columns left out).
+    pub columns: Vec<Column>,
+    /// Primary-key columns, in key order (empty: no primary key).
+    pub key: Vec<String>,
+    /// Every index: (name, unique, columns in order).
+    pub indexes: Vec<(String, bool, Vec<String>)>,
+}
+
+impl Definition {
+    /// Read `db.table`'s definition, or None when the table does not exist.
+    pub async fn read(conn: &mut Conn, db: &str, table: &str) -> Result<Option<Self>, mysql_async::Error> {
+        let rows: Vec<ColumnRow> = conn
+            .exec(
+                "SELECT COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME, \
+                 IS_GENERATED FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
+                 ORDER BY COLUMN_NAME",
+                (db, table),
+            )
+            .await?;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        let columns = rows
+            .into_iter()
+            .filter(|r| r.6 != "ALWAYS")
+            .map(|(name, column_type, data_type, nullable, charset, collation, _)| Column {
+                name,
+                column_type: column_type.to_ascii_lowercase(),
+                data_type: data_type.to_ascii_lowercase(),
+                nullable: nullable == "YES",
+                charset,
+                collation,
+            })
+            .collect();
+        let parts: Vec<(String, i64, String)> = conn
+            .exec(
+                "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
+                (db, table),
+            )
+            .await?;
+        let mut indexes: Vec<(String, bool, Vec<String>)> = Vec::new();
+        for (name, non_unique, column) in parts {
+            match indexes.last_mut() {
+                Some((n, _, cols)) if *n == name => cols.push(column),
+                _ => indexes.push((name, non_unique == 0, vec![column])),
+            }
+        }
+        let key =
+            indexes.iter().find(|(n, _, _)| n == "PRIMARY").map(|(_, _, c)| c.clone()).unwrap_or_default();
+        Ok(Some(Definition { columns, key, indexes }))
+    }
+
+    /// How `other` differs from this definition, in words (empty when they are the same).
+    /// Column order does not matter (apply matches columns by name).
+    pub fn differences(&self, other: &Definition, here: &str, there: &str) -> Vec<String> {
+        let mut out = Vec::new();
+        for c in &self.columns {
+            match other.columns.iter().find(|o| o.name == c.name) {
+                None => out.push(format!("column {} is in {here} but not in {there}", c.name)),
+                Some(o) if o != c => out.push(format!(
+                    "column {} is {} in {here} but {} in {there}",
+                    c.name,
+                    c.describe(),
+                    o.describe()
+                )),
+                Some(_) => {}
+            }
+        }
+        for o in &other.columns {
+            if !self.columns.iter().any(|c| c.name == o.name) {
+                out.push(format!("column {} is in {there} but not in {here}", o.name));
+            }
+        }
+        if self.key != other.key {
+            out.push(format!(
+                "the primary key is ({}) in {here} but ({}) in {there}",
+                self.key.join(", "),
+                other.key.join(", ")
+            ));
+        }
+        for (name, unique, cols) in &self.indexes {
+            if !other.indexes.iter().any(|(n, u, c)| n == name && u == unique && c == cols) {
+                out.push(format!("index {name} differs between {here} and {there}"));
+            }
+        }
+        for (name, _, _) in &other.indexes {
+            if !self.indexes.iter().any(|(n, _, _)| n == name) {
+                out.push(format!("index {name} is in {there} but not in {here}"));
+            }
+        }
+        out
+    }
+
+    /// The SQL expression of one row's digest: MD5 over every stored column (by name order),
+    /// each as its exact bytes with a length prefix, NULL as a mark no value can produce.
+    ///
+    /// Each column is hashed on its own first, so the concatenation stays 32 bytes per column
+    /// whatever the row's size (a `CONCAT` longer than `max_allowed_packet` would be NULL).
+    pub fn digest_sql(&self) -> String {
+        let parts: Vec<String> = self
+            .columns
+            .iter()
+            .map(|c| {
+                let v = exact_bytes(c);
+                format!("IF({q} IS NULL, 'N', MD5(CONCAT(LENGTH({v}), ':', {v})))", q = quote(&c.name))
+            })
+            .collect();
+        format!("MD5(CONCAT({}))", parts.join(", "))
+    }
+
+    /// The column's fractional-second digits (`datetime(6)` → 6), 0 when it has none.
+    pub fn precision(&self, column: &str) -> u32 {
+        self.columns
+            .iter()
+            .find(|c| c.name == column)
+            .and_then(|c| c.column_type.split_once('(')?.1.trim_end_matches(')').parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// Whether `tombstone_key` can look up this table's keys: integer and text key columns
+    /// (the forms the tombstone's JSON key holds as they are).
+    pub fn plain_key(&self) -> bool {
+        self.key.iter().all(|k| {
+            self.columns.iter().any(|c| {
+                c.name == *k
+                    && (self.is_integer(k)
+                        || (matches!(c.data_type.as_str(), "char" | "varchar" | "text") && !c.is_binary()))
+            })
+        })
+    }
+
+    /// The primary-key columns, quoted and comma-separated.
+    pub fn key_list(&self) -> String {
+        self.key.iter().map(|k| quote(k)).collect::<Vec<_>>().join(", ")
+    }
+
+    /// Each stored column read as text (binary data as `0x…` hex), for reports and repairs.
+    pub fn text_list(&self) -> String {
+        self.columns.iter().map(text_sql).collect::<Vec<_>>().join(", ")
+    }
+
+    pub fn is_integer(&self, column: &str) -> bool {
+        self.columns.iter().any(|c| {
+            c.name == column
+                && matches!(c.data_type.as_str(), "tinyint" | "smallint" | "mediumint" | "int" | "bigint")
+        })
+    }
+}
+
+impl Column {
+    fn describe(&self) -> String {
+        let mut s = self.column_type.clone();
+        s.push_str(if self.nullable { " NULL" } else { " NOT NULL" });
+        if let Some(c) = &self.collation {
+            s.push_str(&format!(" COLLATE {c}"));
+        }
+        s
+    }
+
+    fn is_binary(&self) -> bool {
+        matches!(
+            self.data_type.as_str(),
+            "binary" | "varbinary" | "tinyblob" | "blob" | "mediumblob" | "longblob" | "bit" | "geometry"
+        ) || self.charset.as_deref() == Some("binary")
+    }
+}
+
+/// A column's value as bytes that differ whenever the stored values differ: strings and
+/// binaries as their stored bytes (so a change of letter case or of one byte shows, whatever
+/// the collation says), FLOAT widened exactly to DOUBLE (whose text form round-trips), BIT as
+/// its number, everything else (integers, DECIMAL with its fixed scale, temporal types with
+/// their fraction, JSON's text) in its text form.
+fn exact_bytes(c: &Column) -> String {
+    let q = quote(&c.name);
+    match c.data_type.as_str() {
+        "float" => format!("CAST(CAST({q} AS DOUBLE) AS BINARY)"),
+        "bit" => format!("CAST(CAST({q} AS UNSIGNED) AS BINARY)"),
+        _ => format!("CAST({q} AS BINARY)"),
+    }
+}
+
+fn text_sql(c: &Column) -> String {
+    let q = quote(&c.name);
+    if c.is_binary() && c.data_type != "bit" {
+        format!("IF({q} IS NULL, NULL, CONCAT('0x', HEX({q})))")
+    } else if c.data_type == "bit" {
+        format!("CAST(CAST({q} AS UNSIGNED) AS CHAR)")
+    } else if c.data_type == "float" {
+        format!("CAST(CAST({q} AS DOUBLE) AS CHAR)")
+    } else {
+        format!("CAST({q} AS CHAR)")
+    }
+}
