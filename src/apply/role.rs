@@ -189,7 +189,7 @@ impl ApplyRole {
             self.clock.beat_us.store(beat, Ordering::Relaxed);
         }
         let backlog = BacklogProbe::start(
-            consumer.clone(),
+            &self.origin_bootstrap,
             topic.clone(),
             next_offset.clone(),
             self.metrics.backlog.get_or_create(&self.labels()).clone(),
@@ -784,12 +784,25 @@ impl LagClock {
 
 /// Measures the backlog in the background; stops when dropped. Fetching watermarks is a
 /// blocking network round trip in rdkafka, so it runs off the async threads.
+///
+/// On its own client: a watermark request shares its connection with whatever else the client
+/// sends, and its 1 s deadline expiring (a frozen broker) makes librdkafka drop the connection,
+/// taking the applier's long-poll fetch with it. Through the consumer's own client, that cost
+/// 1–3 s of reconnecting after a broker came back.
 struct BacklogProbe {
     _task: AbortOnDrop,
 }
 
 impl BacklogProbe {
-    fn start(consumer: Arc<StreamConsumer>, topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
+    fn start(bootstrap: &[String], topic: String, next: Arc<AtomicI64>, gauge: Gauge) -> Self {
+        let client: Result<rdkafka::consumer::BaseConsumer, _> = client_config(bootstrap).create();
+        let consumer = match client {
+            Ok(c) => Arc::new(c),
+            Err(e) => {
+                tracing::warn!(error = %e, "no client for measuring the backlog: ferry_apply_backlog_records stays unset");
+                return Self { _task: AbortOnDrop(tokio::spawn(async {})) };
+            }
+        };
         let task = tokio::spawn(async move {
             let mut tick = tokio::time::interval(BACKLOG_EVERY);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
