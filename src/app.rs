@@ -222,7 +222,16 @@ pub async fn run(config: Config) -> anyhow::Result<Outcome> {
         supervisor.add(Box::new(role));
     }
     let watch_metrics = crate::watch::role::WatchMetrics::register(&metrics);
-    if let Some(role) = crate::watch::role::WatchRole::from_config(&config, watch_metrics) {
+    let leader = crate::watch::leader::LeaderCell::default();
+    match crate::watch::role::WatchRole::from_config(&config, watch_metrics, leader.clone()) {
+        Some(role) => supervisor.add(Box::new(role)),
+        // No watch role runs (no targets): nothing takes a lease, this instance acts alone.
+        None => {
+            let _ = leader.set(crate::watch::leader::Leadership::alone());
+        }
+    }
+    let check_metrics = crate::check::role::CheckMetrics::register(&metrics);
+    if let Some(role) = crate::check::role::CheckRole::from_config(&config, check_metrics, leader) {
         supervisor.add(Box::new(role));
     }
     let outcome = supervisor.run(http, shutdown_signal()).await;

@@ -185,6 +185,12 @@ enum BenchCommand {
         #[arg(long, default_value_t = 20_000)]
         transactions: usize,
     },
+    /// `ferry check` over two regions' copies of a table beside pt-table-checksum over one.
+    Check {
+        /// Rows in the table.
+        #[arg(long, default_value_t = 1_000_000)]
+        rows: u64,
+    },
     /// Capture's decoding speed beside a raw binlog copy of the same binlog.
     Capture {
         /// Rows of PSI writes to generate (in 1,000-row transactions).
@@ -617,6 +623,9 @@ fn bench(command: BenchCommand) -> i32 {
             ),
             (BenchCommand::Apply { transactions }, Ok(bin)) => {
                 ("apply", crate::bench::apply::run(crate::bench::apply::Options { transactions }, &bin).await)
+            }
+            (BenchCommand::Check { rows }, Ok(bin)) => {
+                ("check", crate::bench::check::run(crate::bench::check::Options { rows }, &bin).await)
             }
             (BenchCommand::E2e { rows_per_second, seconds }, Ok(bin)) => {
                 let options = crate::bench::e2e::Options { rows_per_second, seconds };

@@ -9,6 +9,7 @@
 //!   needs the writer of the local row; a row whose version differs was written here).
 //! - `conflicts`: one row per conflict decided, with both images, winner and rule.
 //! - `failovers`: each region failover ferry carried out, with its RPO report.
+//! - `check_progress`: where a scheduled full check stands, per table (resumes after a restart).
 //! - `watch_probe`: the watch loop's MySQL heartbeat writes (`heartbeat: true` probes).
 //! - `heartbeat`: written every second by each region; the only `ferry` table that is captured.
 //!
@@ -85,6 +86,13 @@ pub const STATEMENTS: &[&str] = &[
         report JSON NOT NULL,
         decided_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
         KEY by_time (decided_at)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.check_progress (
+        table_name VARCHAR(200) NOT NULL PRIMARY KEY,
+        -- the last key compared (JSON, see check::progress), NULL once done
+        after_key TEXT NULL,
+        done TINYINT NOT NULL DEFAULT 0,
+        updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS ferry.watch_probe (
         target VARCHAR(255) NOT NULL PRIMARY KEY,

@@ -278,3 +278,99 @@ async fn a_write_between_the_check_and_the_repair_keeps_the_newer_value() {
     let report = ferry::check::run(&config, &options).await.unwrap();
     assert!(report.differences.is_empty(), "{:?}", report.differences);
 }
+
+/// The value of the first sample of `metric` (name and labels, as exported) in `text`.
+fn sample(text: &str, metric: &str) -> Option<f64> {
+    text.lines().find(|l| l.starts_with(metric)).and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn metrics(http: std::net::SocketAddr) -> String {
+    ferry::sandbox::http_get(http, "/metrics").await.map(|(_, m)| m).unwrap_or_default()
+}
+
+/// `ferry run` with `check.full_every` runs a full check at once (none completed yet), records
+/// it chunk by chunk; killed half-way and started again it resumes where it stopped (comparing
+/// fewer rows than the table holds) and still finds a difference in the second half. A
+/// sliding-window check finds a recently changed row that differs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scheduled_full_check_killed_half_way_resumes_and_a_window_check_finds_fresh_divergence() {
+    let (east, west, broker) = two_regions().await;
+    seed(&east).await;
+    seed(&west).await;
+    let mut w = west.root_conn().await.unwrap();
+    w.query_drop("SET SESSION sql_log_bin = 0").await.unwrap();
+    // Second half of the table, in west only.
+    w.query_drop("UPDATE psi.items SET note = 'late' WHERE id = 2900").await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let regions = [("east", &east), ("west", &west)];
+    let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
+    let (west_cfg, west_http) = region_config(dir.path(), "west", &regions, &broker.bootstrap());
+    // Slow enough (about 1,000 rows a second) to be killed half-way.
+    let check = "check: { full_every: 1h, interval: 2s, window: 1h, settle: 1s, chunk_time: 10ms, \
+                 max_rows_per_second: 1000, tables: [psi.items] }\n";
+    let text = std::fs::read_to_string(&east_cfg).unwrap() + check;
+    std::fs::write(&east_cfg, text).unwrap();
+    let _west_ferry = Reaped(spawn_ferry(&west_cfg, &dir.path().join("west.log")));
+    let mut east_ferry = Reaped(spawn_ferry(&east_cfg, &dir.path().join("east.log")));
+    wait_ready(west_http).await;
+    wait_ready(east_http).await;
+
+    let mut e = east.root_conn().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let at: Option<String> = e
+            .query_first(
+                "SELECT after_key FROM ferry.check_progress WHERE table_name = 'psi.items' AND done = 0",
+            )
+            .await
+            .unwrap();
+        if at.is_some() {
+            println!("killed at {at:?}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the full check never recorded progress");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _ = east_ferry.0.kill();
+    let _ = east_ferry.0.wait();
+    let _east_again = Reaped(spawn_ferry(&east_cfg, &dir.path().join("east-again.log")));
+    wait_ready(east_http).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let m = loop {
+        let m = metrics(east_http).await;
+        if sample(&m, "ferry_check_last_completed_timestamp_seconds{mode=\"full\"}").is_some() {
+            break m;
+        }
+        assert!(std::time::Instant::now() < deadline, "the resumed full check never completed\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let rows = sample(&m, "ferry_check_rows_total{mode=\"full\"}").unwrap();
+    assert!(rows < ROWS as f64, "the resumed check compared {rows} rows: it started over");
+    assert_eq!(
+        sample(&m, "ferry_check_differences{mode=\"full\",table=\"psi.items\",kind=\"different\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    let done: Vec<(String, i8)> = e.query("SELECT table_name, done FROM ferry.check_progress").await.unwrap();
+    assert_eq!(done, vec![(String::new(), 1)], "a completed check leaves only its completion mark");
+
+    // A row changed just now, differently in west: the next window finds it.
+    w.query_drop("UPDATE psi.items SET note = 'fresh', updated_at = UTC_TIMESTAMP(6) - INTERVAL 2 SECOND WHERE id = 15")
+        .await
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = metrics(east_http).await;
+        if sample(&m, "ferry_check_differences{mode=\"window\",table=\"psi.items\",kind=\"missing\"}")
+            .is_some()
+            || sample(&m, "ferry_check_differences{mode=\"window\",table=\"psi.items\",kind=\"different\"}")
+                .is_some()
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "no window check found row 15\n{m}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = ferry::sandbox::http_get(east_http, "/status").await.unwrap().1;
+    assert!(status.contains("\"window\"") && status.contains("\"full\""), "{status}");
+}

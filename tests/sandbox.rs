@@ -78,6 +78,7 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
         [
             "applied",
             "capture_checkpoint",
+            "check_progress",
             "conflicts",
             "failovers",
             "heartbeat",

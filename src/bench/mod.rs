@@ -3,4 +3,5 @@
 
 pub mod apply;
 pub mod capture;
+pub mod check;
 pub mod e2e;

@@ -7,8 +7,9 @@
 //!    indexes are compared first; a table that differs is reported (`schema`) and its rows are
 //!    not compared.
 //! 2. **Chunks**: primary-key ranges cut in the first region, sized so that one checksum takes
-//!    about `check.chunk_time`. Every region computes the chunk's row count and the XOR of its
-//!    rows' 128-bit digests (MD5 of every stored column's exact bytes), at the same time.
+//!    about `check.chunk_time`. Every region computes the chunk's row count and the XOR of the
+//!    first 64 bits of its rows' digests (SHA-1 of every stored column's exact bytes), at the
+//!    same time.
 //! 3. **Drill-down**: a chunk whose sums differ is read row by row (digests only) in every
 //!    region: the keys whose digests differ or that some regions lack.
 //! 4. **Settle**: right after reading, each region's newest own heartbeat is noted; the check
@@ -20,8 +21,10 @@
 //! 5. **Repair** (`repair`): the winner by the conflict rules, written again through capture
 //!    and apply.
 
+pub mod progress;
 mod read;
 pub mod repair;
+pub mod role;
 mod table;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -116,6 +119,9 @@ pub struct Report {
     pub summary: Summary,
     /// Tables left out, with why (no primary key).
     pub skipped: Vec<(String, String)>,
+    /// The tables whose rows this run compared (a resumed full check skips those done).
+    #[serde(skip)]
+    pub compared: Vec<String>,
 }
 
 /// One region's reading connection.
@@ -142,14 +148,16 @@ const MIN_CHUNK: u64 = 10;
 const MAX_CHUNK: u64 = 200_000;
 
 impl Pace {
-    /// The next chunk's size from how long this one took (at most doubling, as pt-table-checksum's
-    /// chunk-time does it, smoothed).
+    /// The next chunk's size from how long this one took: halfway to the size that would take
+    /// `check.chunk_time` at this chunk's rate, growing at most 4× at a time.
     fn observe(&mut self, rows: u64, took: Duration) {
+        if rows == 0 {
+            return;
+        }
         let took = took.as_secs_f64().max(1e-4);
-        let wanted = (self.size as f64) * self.chunk_time.as_secs_f64() / took;
+        let wanted = (rows as f64) * self.chunk_time.as_secs_f64() / took;
         let next = (self.size as f64 + wanted) / 2.0;
-        self.size = (next as u64).clamp(MIN_CHUNK, (self.size * 2).min(MAX_CHUNK));
-        let _ = rows;
+        self.size = (next as u64).clamp(MIN_CHUNK, (self.size * 4).min(MAX_CHUNK));
     }
 
     async fn throttle(&self, rows: u64, took: Duration) {
@@ -229,7 +237,14 @@ async fn tables(
 
 /// Run the check (no repair).
 pub async fn run(config: &Config, options: &Options) -> Result<Report, String> {
-    let started = Instant::now();
+    run_with(config, options, None).await
+}
+
+/// The compared regions' connections, the others' (heartbeats only), and the tables.
+async fn open(
+    config: &Config,
+    options: &Options,
+) -> Result<(Vec<Region>, Vec<Region>, Vec<(String, String)>), String> {
     let names: Vec<String> = if options.regions.is_empty() {
         config.regions.keys().cloned().collect()
     } else {
@@ -248,15 +263,52 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, String> {
     for name in config.regions.keys().filter(|n| !names.contains(n)) {
         witnesses.push(connect(config, name, ReadFrom::Primary).await?);
     }
+    let tables = tables(config, &mut regions, options).await?;
+    Ok((regions, witnesses, tables))
+}
+
+async fn close(regions: Vec<Region>, witnesses: Vec<Region>) {
+    for r in regions.into_iter().chain(witnesses) {
+        r.conn.disconnect().await.ok();
+    }
+}
+
+fn finish(mut report: Report, started: Instant) -> Report {
+    report.summary.differences = report.differences.iter().filter(|d| d.kind != "unsettled").count() as u64;
+    report.summary.unsettled = report.differences.iter().filter(|d| d.kind == "unsettled").count() as u64;
+    report.summary.seconds = started.elapsed().as_secs_f64();
+    report
+}
+
+/// A full check; with `store`, resumed from where a killed one stopped and recorded chunk by
+/// chunk (cleared once complete). The report covers what this run compared.
+pub async fn run_with(
+    config: &Config,
+    options: &Options,
+    mut store: Option<&mut progress::Store>,
+) -> Result<Report, String> {
+    let started = Instant::now();
+    let (mut regions, mut witnesses, tables) = open(config, options).await?;
+    let saved = match store.as_deref_mut() {
+        Some(s) => s.load().await?,
+        None => Vec::new(),
+    };
+    if !saved.is_empty() {
+        tracing::info!(tables = saved.len(), "resuming the full check where it stopped");
+    }
     let mut report = Report::default();
     let mut pace = Pace {
         chunk_time: config.check.chunk_time,
         size: FIRST_CHUNK,
         max_rows_per_second: config.check.max_rows_per_second,
     };
-    for (db, name) in tables(config, &mut regions, options).await? {
+    for (db, name) in tables {
         let table = format!("{}.{}", crate::apply::sql::quote(&db), crate::apply::sql::quote(&name));
         let label = format!("{db}.{name}");
+        let place = saved.iter().find(|(t, _)| *t == label).map(|(_, p)| p.clone());
+        if place == Some(progress::Place::Done) {
+            continue;
+        }
         report.summary.tables += 1;
         let Some(def) = compare_schemas(&mut regions, &db, &name, &label, &mut report).await? else {
             continue;
@@ -265,16 +317,92 @@ pub async fn run(config: &Config, options: &Options) -> Result<Report, String> {
             report.skipped.push((label, "no primary key".into()));
             continue;
         }
+        // A key saved for another shape of the table (its key changed since) starts it over.
+        let after = match place {
+            Some(progress::Place::After(k)) if k.0.len() == def.key.len() => Some(k),
+            Some(progress::Place::After(_)) => {
+                tracing::warn!(table = %label, "the saved place does not fit the table's key: starting it over");
+                None
+            }
+            _ => None,
+        };
+        report.compared.push(label.clone());
         let mut scope = Scope { regions: &mut regions, witnesses: &mut witnesses };
-        check_table(config, &mut scope, &table, &label, &def, &mut pace, &mut report).await?;
+        let at = Chunking { table: &table, label: &label, def: &def, after };
+        check_table(config, &mut scope, at, &mut pace, &mut report, store.as_deref_mut()).await?;
+        if let Some(s) = store.as_deref_mut() {
+            s.save(&label, &progress::Place::Done).await?;
+        }
     }
-    report.summary.differences = report.differences.iter().filter(|d| d.kind != "unsettled").count() as u64;
-    report.summary.unsettled = report.differences.iter().filter(|d| d.kind == "unsettled").count() as u64;
-    report.summary.seconds = started.elapsed().as_secs_f64();
-    for r in regions.into_iter().chain(witnesses) {
-        r.conn.disconnect().await.ok();
+    if let Some(s) = store {
+        s.clear().await?;
     }
-    Ok(report)
+    close(regions, witnesses).await;
+    Ok(finish(report, started))
+}
+
+/// Rows most keys a sliding-window check takes from one table in one run.
+const WINDOW_KEYS: usize = 100_000;
+
+/// A sliding-window check: the rows whose version column lies in `[from, to]` (µs, UTC) in
+/// any region, compared by their digests and settled like a full check's. Tables whose
+/// version column is not a DATETIME/TIMESTAMP are skipped (said so).
+pub async fn window(config: &Config, options: &Options, from_us: i64, to_us: i64) -> Result<Report, String> {
+    let started = Instant::now();
+    let (mut regions, mut witnesses, tables) = open(config, options).await?;
+    let rules = crate::conflict::Rules::from_config(config);
+    let mut report = Report::default();
+    let (from, to) = (repair::datetime_text(from_us), repair::datetime_text(to_us));
+    for (db, name) in tables {
+        let table = format!("{}.{}", crate::apply::sql::quote(&db), crate::apply::sql::quote(&name));
+        let label = format!("{db}.{name}");
+        report.summary.tables += 1;
+        let Some(def) = compare_schemas(&mut regions, &db, &name, &label, &mut report).await? else {
+            continue;
+        };
+        let Some(policy) = rules.policy(&db, &name) else {
+            report.skipped.push((label, "not governed by the conflict rules".into()));
+            continue;
+        };
+        let version = policy.version_column;
+        if def.key.is_empty() || !def.is_temporal(version) {
+            report
+                .skipped
+                .push((label, format!("no primary key or no DATETIME/TIMESTAMP version column {version}")));
+            continue;
+        }
+        report.compared.push(label.clone());
+        let mut keys: BTreeMap<String, Key> = BTreeMap::new();
+        for r in regions.iter_mut() {
+            for key in read::keys_between(&mut r.conn, &table, &def, version, &from, &to, WINDOW_KEYS)
+                .await
+                .map_err(sql(&r.name, &format!("reading {label}'s recent rows")))?
+            {
+                keys.insert(key.id(), key);
+            }
+        }
+        if keys.len() >= WINDOW_KEYS {
+            tracing::warn!(table = %label, keys = WINDOW_KEYS, "more rows changed in the window than one run takes (the oldest are taken): the rest wait for the full check");
+        }
+        let keys: Vec<Key> = keys.into_values().collect();
+        report.summary.chunks += 1;
+        report.summary.rows += keys.len() as u64;
+        let mut seen = Vec::new();
+        for r in regions.iter_mut() {
+            seen.push(
+                read::digests_of(&mut r.conn, &table, &def, &keys)
+                    .await
+                    .map_err(sql(&r.name, &format!("reading {label}")))?,
+            );
+        }
+        let differing = differing(&seen);
+        if !differing.is_empty() {
+            let mut scope = Scope { regions: &mut regions, witnesses: &mut witnesses };
+            settle(config, &mut scope, &table, &label, &def, differing, seen, &mut report).await?;
+        }
+    }
+    close(regions, witnesses).await;
+    Ok(finish(report, started))
 }
 
 /// The table's definition when it is the same everywhere; otherwise a `schema` difference.
@@ -340,17 +468,24 @@ fn unreachable_def() -> Definition {
     Definition { columns: Vec::new(), key: Vec::new(), indexes: Vec::new() }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Where a table's comparison starts.
+struct Chunking<'a> {
+    table: &'a str,
+    label: &'a str,
+    def: &'a Definition,
+    /// Compare keys after this one (a resumed check).
+    after: Option<Key>,
+}
+
 async fn check_table(
     config: &Config,
     scope: &mut Scope<'_>,
-    table: &str,
-    label: &str,
-    def: &Definition,
+    at: Chunking<'_>,
     pace: &mut Pace,
     report: &mut Report,
+    mut store: Option<&mut progress::Store>,
 ) -> Result<(), String> {
-    let mut after: Option<Key> = None;
+    let Chunking { table, label, def, mut after } = at;
     loop {
         wait_for_lag(config, scope.regions).await;
         let first = &mut scope.regions[0];
@@ -378,7 +513,12 @@ async fn check_table(
         }
         pace.throttle(rows, took).await;
         match upto {
-            Some(k) => after = Some(k),
+            Some(k) => {
+                if let Some(s) = store.as_deref_mut() {
+                    s.save(label, &progress::Place::After(k.clone())).await?;
+                }
+                after = Some(k)
+            }
             None => return Ok(()),
         }
     }

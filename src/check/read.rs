@@ -27,11 +27,12 @@ pub struct Range {
     pub upto: Option<Key>,
 }
 
-/// A chunk's aggregate in one region: its row count and the XOR of its rows' 128-bit digests.
+/// A chunk's aggregate in one region: its row count and the XOR of the first 64 bits of its
+/// rows' digests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sum {
     pub rows: u64,
-    pub xor: (u64, u64),
+    pub xor: u64,
 }
 
 /// A digest per key (hex MD5).
@@ -69,7 +70,7 @@ fn range_where(def: &Definition, range: &Range) -> (String, Vec<MyValue>) {
 fn beyond(cols: &[String], values: &[MyValue], op: &str) -> (String, Vec<MyValue>) {
     let mut ors = Vec::new();
     let mut params = Vec::new();
-    for i in 0..cols.len() {
+    for i in 0..cols.len().min(values.len()) {
         let mut ands: Vec<String> = cols[..i].iter().map(|c| format!("{} = ?", quote(c))).collect();
         ands.push(format!("{} {op} ?", quote(&cols[i])));
         params.extend(values[..=i].iter().cloned());
@@ -110,20 +111,42 @@ pub async fn checksum(
     range: &Range,
 ) -> Result<Sum, mysql_async::Error> {
     let (cond, params) = range_where(def, range);
-    let row: Option<(u64, u64, u64)> = conn
+    // CAST: BIT_XOR of CONV's decimal text would clip values above 2^63 - 1.
+    let row: Option<(u64, u64)> = conn
         .exec_first(
             format!(
-                "SELECT COUNT(*), \
-                 COALESCE(BIT_XOR(CAST(CONV(LEFT(h, 16), 16, 10) AS UNSIGNED)), 0), \
-                 COALESCE(BIT_XOR(CAST(CONV(RIGHT(h, 16), 16, 10) AS UNSIGNED)), 0) \
-                 FROM (SELECT {d} AS h FROM {table} WHERE {cond}) AS rows_",
+                "SELECT COUNT(*), COALESCE(BIT_XOR(CAST(CONV(LEFT({d}, 16), 16, 10) AS UNSIGNED)), 0) \
+                 FROM {table} WHERE {cond}",
                 d = def.digest_sql()
             ),
             Params::Positional(params),
         )
         .await?;
-    let (rows, a, b) = row.unwrap_or_default();
-    Ok(Sum { rows, xor: (a, b) })
+    let (rows, xor) = row.unwrap_or_default();
+    Ok(Sum { rows, xor })
+}
+
+/// The keys of the rows whose `version` column lies in `[from, to]` (at most `limit`).
+pub async fn keys_between(
+    conn: &mut Conn,
+    table: &str,
+    def: &Definition,
+    version: &str,
+    from: &str,
+    to: &str,
+    limit: usize,
+) -> Result<Vec<Key>, mysql_async::Error> {
+    let v = quote(version);
+    let rows: Vec<mysql_async::Row> = conn
+        .exec(
+            format!(
+                "SELECT {k} FROM {table} WHERE {v} >= ? AND {v} <= ? ORDER BY {v} LIMIT ?",
+                k = def.key_list()
+            ),
+            (from, to, limit as u64),
+        )
+        .await?;
+    Ok(rows.into_iter().map(|r| Key(r.unwrap())).collect())
 }
 
 /// Every row's digest in `range`.

@@ -275,7 +275,7 @@ async fn repair_one(config: &Config, d: &Difference, action: &Action) -> Result<
 }
 
 /// `YYYY-MM-DD hh:mm:ss.ffffff` (UTC) of `us` since the epoch.
-fn datetime_text(us: i64) -> String {
+pub(super) fn datetime_text(us: i64) -> String {
     let (y, mo, d, h, mi, s) = crate::model::civil_from_unix(us.div_euclid(1_000_000));
     crate::model::format_datetime(
         (u16::try_from(y).unwrap_or(9999), mo, d),

@@ -120,21 +120,12 @@ impl Definition {
         out
     }
 
-    /// The SQL expression of one row's digest: MD5 over every stored column (by name order),
-    /// each as its exact bytes with a length prefix, NULL as a mark no value can produce.
-    ///
-    /// Each column is hashed on its own first, so the concatenation stays 32 bytes per column
-    /// whatever the row's size (a `CONCAT` longer than `max_allowed_packet` would be NULL).
+    /// The SQL expression of one row's digest: SHA-1 (hex) over every stored column, by name
+    /// order, in a form that differs whenever a stored value does (see `encoded`). The
+    /// chunk sums use its first 64 bits; the drill-down compares all 160.
     pub fn digest_sql(&self) -> String {
-        let parts: Vec<String> = self
-            .columns
-            .iter()
-            .map(|c| {
-                let v = exact_bytes(c);
-                format!("IF({q} IS NULL, 'N', MD5(CONCAT(LENGTH({v}), ':', {v})))", q = quote(&c.name))
-            })
-            .collect();
-        format!("MD5(CONCAT({}))", parts.join(", "))
+        let parts: Vec<String> = self.columns.iter().map(encoded).collect();
+        format!("SHA1(CONCAT_WS(',', {}))", parts.join(", "))
     }
 
     /// The column's fractional-second digits (`datetime(6)` → 6), 0 when it has none.
@@ -168,6 +159,13 @@ impl Definition {
         self.columns.iter().map(text_sql).collect::<Vec<_>>().join(", ")
     }
 
+    /// DATETIME or TIMESTAMP.
+    pub fn is_temporal(&self, column: &str) -> bool {
+        self.columns
+            .iter()
+            .any(|c| c.name == column && matches!(c.data_type.as_str(), "datetime" | "timestamp"))
+    }
+
     pub fn is_integer(&self, column: &str) -> bool {
         self.columns.iter().any(|c| {
             c.name == column
@@ -186,6 +184,13 @@ impl Column {
         s
     }
 
+    /// Strings, binaries, JSON, ENUM/SET, spatial: anything whose text may hold a `,`.
+    fn is_text_like(&self) -> bool {
+        self.is_binary()
+            || self.charset.is_some()
+            || matches!(self.data_type.as_str(), "json" | "enum" | "set" | "longtext" | "text")
+    }
+
     fn is_binary(&self) -> bool {
         matches!(
             self.data_type.as_str(),
@@ -194,17 +199,20 @@ impl Column {
     }
 }
 
-/// A column's value as bytes that differ whenever the stored values differ: strings and
-/// binaries as their stored bytes (so a change of letter case or of one byte shows, whatever
-/// the collation says), FLOAT widened exactly to DOUBLE (whose text form round-trips), BIT as
-/// its number, everything else (integers, DECIMAL with its fixed scale, temporal types with
-/// their fraction, JSON's text) in its text form.
-fn exact_bytes(c: &Column) -> String {
+/// One column in the row's digest input, `,`-separated from the next: strings and binaries
+/// as their byte length and then their stored bytes (so a change of letter case or of one
+/// byte shows, whatever the collation says, and a `,` inside a value cannot shift the
+/// columns); FLOAT widened exactly to DOUBLE (whose text form round-trips, unlike FLOAT's
+/// own); BIT as its number; everything else (integers, DECIMAL with its fixed scale, temporal
+/// types with their fraction) in its text form, which never holds a `,`. NULL is `N`, which
+/// no length and no such text form is.
+fn encoded(c: &Column) -> String {
     let q = quote(&c.name);
     match c.data_type.as_str() {
-        "float" => format!("CAST(CAST({q} AS DOUBLE) AS BINARY)"),
-        "bit" => format!("CAST(CAST({q} AS UNSIGNED) AS BINARY)"),
-        _ => format!("CAST({q} AS BINARY)"),
+        "float" => format!("IFNULL(CAST({q} AS DOUBLE), 'N')"),
+        "bit" => format!("IFNULL(CAST({q} AS UNSIGNED), 'N')"),
+        _ if c.is_text_like() => format!("IFNULL(LENGTH({q}), 'N'), {q}"),
+        _ => format!("IFNULL({q}, 'N')"),
     }
 }
 

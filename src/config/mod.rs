@@ -354,6 +354,23 @@ pub struct CheckConfig {
     /// Checking pauses while any region's apply backlog is older than this.
     #[serde(default = "default_check_max_lag", with = "humantime_serde")]
     pub max_lag: Duration,
+    /// `ferry run`: check the rows changed recently (`window`, up to `settle` ago) this often.
+    /// Absent: no sliding-window checks.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub interval: Option<Duration>,
+    /// How far back a sliding-window check looks.
+    #[serde(default = "default_check_window", with = "humantime_serde")]
+    pub window: Duration,
+    /// Rows changed more recently than this are left to the next window (still replicating).
+    #[serde(default = "default_check_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// `ferry run`: a full check this often (resumed after a restart). Absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "humantime_serde")]
+    pub full_every: Option<Duration>,
+    /// The tables scheduled checks compare (`db.table`); empty: every user table apply
+    /// governs.
+    #[serde(default)]
+    pub tables: Vec<String>,
 }
 
 impl Default for CheckConfig {
@@ -365,8 +382,21 @@ impl Default for CheckConfig {
             rechecks: default_rechecks(),
             max_rows_per_second: 0,
             max_lag: default_check_max_lag(),
+            interval: None,
+            window: default_check_window(),
+            settle: default_check_settle(),
+            full_every: None,
+            tables: Vec::new(),
         }
     }
+}
+
+fn default_check_window() -> Duration {
+    Duration::from_secs(600)
+}
+
+fn default_check_settle() -> Duration {
+    Duration::from_secs(60)
 }
 
 fn default_chunk_time() -> Duration {

@@ -165,6 +165,33 @@ pub(super) fn validate(config: &Config) -> Vec<Finding> {
     if check.max_lag.is_zero() {
         push("check.max_lag".into(), "must be more than 0s".into(), None);
     }
+    if check.interval.is_some_and(|i| i < Duration::from_secs(1)) {
+        push("check.interval".into(), "must be at least 1s".into(), None);
+    }
+    if check.full_every.is_some_and(|i| i < Duration::from_secs(60)) {
+        push("check.full_every".into(), "must be at least 1m".into(), None);
+    }
+    if let Some(i) = check.interval
+        && check.settle < check.window
+        && i > check.window - check.settle
+    {
+        push(
+            "check.interval".into(),
+            format!(
+                "must be at most check.window − check.settle ({:?}): windows would leave gaps",
+                check.window - check.settle
+            ),
+            None,
+        );
+    }
+    if check.settle >= check.window {
+        push("check.settle".into(), format!("must be shorter than check.window ({:?})", check.window), None);
+    }
+    for (i, t) in check.tables.iter().enumerate() {
+        if t.split_once('.').is_none_or(|(d, n)| d.is_empty() || n.is_empty()) {
+            push(format!("check.tables[{i}]"), format!("{t:?} is not db.table"), None);
+        }
+    }
     let conflicts = &config.conflicts;
     if conflicts.version_column.trim().is_empty() {
         push("conflicts.version_column".into(), "must name a column".into(), None);

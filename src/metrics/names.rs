@@ -212,7 +212,37 @@ pub const APPLY_SUPERSEDED: MetricName = m(
 );
 
 /// Every metric ferry can export.
+pub const CHECK_ROWS: MetricName =
+    m("ferry_check_rows", Counter, "Rows compared by scheduled checks (label: mode: window, full)");
+pub const CHECK_CHUNKS: MetricName =
+    m("ferry_check_chunks", Counter, "Chunks compared by scheduled checks (label: mode: window, full)");
+pub const CHECK_DIFFERENCES: MetricName = m(
+    "ferry_check_differences",
+    Gauge,
+    "Differences the last completed scheduled check of a mode found (labels: mode, table, kind: missing, different, unsettled, schema)",
+);
+pub const CHECK_LAST_COMPLETED: MetricName = m(
+    "ferry_check_last_completed_timestamp_seconds",
+    Gauge,
+    "When the last scheduled check of a mode completed, Unix seconds (label: mode)",
+);
+pub const CHECK_DURATION: MetricName = m(
+    "ferry_check_duration_seconds",
+    Gauge,
+    "How long the last completed scheduled check of a mode took (label: mode)",
+);
+pub const CHECK_INTERVAL: MetricName = m(
+    "ferry_check_interval_seconds",
+    Gauge,
+    "The configured interval of a scheduled check mode (check.interval, check.full_every) (label: mode)",
+);
 pub const ALL: &[MetricName] = &[
+    CHECK_ROWS,
+    CHECK_CHUNKS,
+    CHECK_DIFFERENCES,
+    CHECK_LAST_COMPLETED,
+    CHECK_DURATION,
+    CHECK_INTERVAL,
     BUILD,
     UP,
     ROLE_READY,

@@ -62,6 +62,10 @@ impl Leadership {
     }
 }
 
+/// The watch role's leadership, shared with other roles that act only on the leader (the
+/// scheduled checks): set once the watch role holds its lease (or acts alone).
+pub type LeaderCell = Arc<std::sync::OnceLock<Arc<Leadership>>>;
+
 /// Holds (or tries to take) the lease in the background; stops when dropped.
 pub struct Lease {
     pub leadership: Arc<Leadership>,

@@ -96,12 +96,18 @@ pub struct WatchRole {
     servers: Region,
     /// The whole configuration, for region failover.
     whole: Arc<Config>,
+    /// Where the leadership is published for other roles.
+    leader: crate::watch::leader::LeaderCell,
 }
 
 impl WatchRole {
     /// `None` without a `watch` section or targets (or, which validation rules out, without the
     /// local region).
-    pub fn from_config(config: &Config, metrics: WatchMetrics) -> Option<Self> {
+    pub fn from_config(
+        config: &Config,
+        metrics: WatchMetrics,
+        leader: crate::watch::leader::LeaderCell,
+    ) -> Option<Self> {
         let watch = config.watch.clone().filter(|w| !w.targets.is_empty())?;
         let local = config.local()?;
         let credentials = Credentials {
@@ -116,6 +122,7 @@ impl WatchRole {
             metrics,
             servers,
             whole: Arc::new(config.clone()),
+            leader,
         })
     }
 }
@@ -312,6 +319,7 @@ impl Role for WatchRole {
                 refused: Mutex::new(BTreeMap::new()),
                 whole: self.whole.clone(),
             });
+            let _ = self.leader.set(shared.leadership.clone());
             ctx.reporter.set(RoleState::Ready);
             let mut loops = tokio::task::JoinSet::new();
             for target in self.config.targets.clone() {
