@@ -58,6 +58,33 @@ async fn seed(db: &MariaDb) {
     c.query_drop(format!("INSERT INTO psi.pairs VALUES {}", pairs.join(","))).await.unwrap();
 }
 
+/// Two seeded regions under `ferry run`, both ready.
+struct Live {
+    east: MariaDb,
+    west: MariaDb,
+    east_cfg: std::path::PathBuf,
+    _broker: ferry::sandbox::Broker,
+    _dir: tempfile::TempDir,
+    _ferries: [Reaped; 2],
+}
+
+async fn live() -> Live {
+    let (east, west, broker) = two_regions().await;
+    seed(&east).await;
+    seed(&west).await;
+    let dir = tempfile::tempdir().unwrap();
+    let regions = [("east", &east), ("west", &west)];
+    let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
+    let (west_cfg, west_http) = region_config(dir.path(), "west", &regions, &broker.bootstrap());
+    let ferries = [
+        Reaped(spawn_ferry(&east_cfg, &dir.path().join("east.log"))),
+        Reaped(spawn_ferry(&west_cfg, &dir.path().join("west.log"))),
+    ];
+    wait_ready(east_http).await;
+    wait_ready(west_http).await;
+    Live { east, west, east_cfg, _broker: broker, _dir: dir, _ferries: ferries }
+}
+
 /// Keeps updating the hot rows in `db` until `stop`.
 fn writer(db: &MariaDb, region: &'static str, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
     let opts = db.opts();
@@ -118,17 +145,7 @@ fn found(lines: &[serde_json::Value]) -> BTreeSet<String> {
 // Multi-threaded: the writers go on while the test waits for a `ferry check` process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_differences_are_found_exactly_under_live_writes_and_repaired_through_the_pipeline() {
-    let (east, west, broker) = two_regions().await;
-    seed(&east).await;
-    seed(&west).await;
-    let dir = tempfile::tempdir().unwrap();
-    let regions = [("east", &east), ("west", &west)];
-    let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
-    let (west_cfg, west_http) = region_config(dir.path(), "west", &regions, &broker.bootstrap());
-    let _east_ferry = Reaped(spawn_ferry(&east_cfg, &dir.path().join("east.log")));
-    let _west_ferry = Reaped(spawn_ferry(&west_cfg, &dir.path().join("west.log")));
-    wait_ready(east_http).await;
-    wait_ready(west_http).await;
+    let Live { east, west, east_cfg, _broker, _dir, _ferries } = live().await;
 
     // Behind ferry's back, in west only.
     let mut w = west.root_conn().await.unwrap();
@@ -200,6 +217,20 @@ async fn injected_differences_are_found_exactly_under_live_writes_and_repaired_t
     let twenty = missing.iter().find(|l| l.get("key").is_some_and(|k| k["id"] == 20)).unwrap();
     assert_eq!(twenty["present_in"], serde_json::json!(["east"]));
     assert_eq!(twenty["absent_in"], serde_json::json!(["west"]));
+    // Values as the wire envelope encodes them.
+    let forty = missing.iter().find(|l| l.get("key").is_some_and(|k| k["id"] == 40)).unwrap();
+    assert_eq!(
+        forty["rows"]["east"]["amount"],
+        serde_json::json!({"t": "decimal", "v": "40.1234"}),
+        "{forty}"
+    );
+    assert_eq!(
+        forty["rows"]["west"]["amount"],
+        serde_json::json!({"t": "decimal", "v": "40.1235"}),
+        "{forty}"
+    );
+    let sixty = missing.iter().find(|l| l.get("key").is_some_and(|k| k["id"] == 60)).unwrap();
+    assert_eq!(sixty["rows"]["west"]["data"], serde_json::json!({"t": "bytes", "v": "AAABpQ=="}), "{sixty}");
 
     let (code, lines) = check(&east_cfg, &["--repair"]);
     assert_eq!(code, 3);
@@ -235,17 +266,7 @@ async fn injected_differences_are_found_exactly_under_live_writes_and_repaired_t
 /// the row changed and leaves it to the newer write.
 #[tokio::test]
 async fn a_write_between_the_check_and_the_repair_keeps_the_newer_value() {
-    let (east, west, broker) = two_regions().await;
-    seed(&east).await;
-    seed(&west).await;
-    let dir = tempfile::tempdir().unwrap();
-    let regions = [("east", &east), ("west", &west)];
-    let (east_cfg, east_http) = region_config(dir.path(), "east", &regions, &broker.bootstrap());
-    let (west_cfg, west_http) = region_config(dir.path(), "west", &regions, &broker.bootstrap());
-    let _east_ferry = Reaped(spawn_ferry(&east_cfg, &dir.path().join("east.log")));
-    let _west_ferry = Reaped(spawn_ferry(&west_cfg, &dir.path().join("west.log")));
-    wait_ready(east_http).await;
-    wait_ready(west_http).await;
+    let Live { east, west, east_cfg, _broker, _dir, _ferries } = live().await;
     let mut w = west.root_conn().await.unwrap();
     w.query_drop("SET SESSION sql_log_bin = 0").await.unwrap();
     w.query_drop("UPDATE psi.items SET note = 'stale' WHERE id = 7").await.unwrap();

@@ -63,9 +63,13 @@ pub struct Difference {
     /// The columns whose values differ (`different`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub columns: Vec<String>,
-    /// Each region's row, column → text (binary as `0x…` hex, NULL as null).
+    /// Each region's row, column → value as the wire envelope encodes it (`{"t": …, "v": …}`).
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub rows: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    pub rows: BTreeMap<String, BTreeMap<String, serde_json::Value>>,
+    /// The same rows, column → text (binary as `0x…` hex, NULL as None): what repairs read
+    /// and log.
+    #[serde(skip)]
+    pub texts: BTreeMap<String, BTreeMap<String, Option<String>>>,
     /// What differs (`schema`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub details: Vec<String>,
@@ -431,6 +435,7 @@ async fn compare_schemas(
             absent_in: absent.clone(),
             columns: Vec::new(),
             rows: BTreeMap::new(),
+            texts: BTreeMap::new(),
             details: vec![format!("the table does not exist in {}", absent.join(","))],
             key_values: None,
             digests: BTreeMap::new(),
@@ -456,6 +461,7 @@ async fn compare_schemas(
         absent_in: Vec::new(),
         columns: Vec::new(),
         rows: BTreeMap::new(),
+        texts: BTreeMap::new(),
         details,
         key_values: None,
         digests: BTreeMap::new(),
@@ -688,7 +694,18 @@ async fn describe(
             present_in: if kind == "missing" { present_in } else { Vec::new() },
             absent_in: if kind == "missing" { absent_in } else { Vec::new() },
             columns,
-            rows: images,
+            rows: images
+                .iter()
+                .map(|(region, row)| {
+                    let encoded = def
+                        .columns
+                        .iter()
+                        .map(|c| (c.name.clone(), c.envelope(row.get(&c.name).and_then(Option::as_deref))))
+                        .collect();
+                    (region.clone(), encoded)
+                })
+                .collect(),
+            texts: images,
             details: Vec::new(),
             key_values: Some(key.clone()),
             digests: rows

@@ -83,7 +83,7 @@ async fn decide(config: &Config, rules: &Rules, d: &Difference) -> Result<Action
         ));
     }
     let mut best: Option<(Stamp, String)> = None;
-    for (region, row) in &d.rows {
+    for (region, row) in &d.texts {
         let text = row.get(policy.version_column).ok_or_else(|| {
             format!("no version column {} in the table: decide by hand", policy.version_column)
         })?;
@@ -95,7 +95,7 @@ async fn decide(config: &Config, rules: &Rules, d: &Difference) -> Result<Action
     }
     let (row_stamp, row_region) = best.ok_or("no region holds the row")?;
     let newest_us = d
-        .rows
+        .texts
         .values()
         .filter_map(|row| row.get(policy.version_column)?.as_deref().and_then(version_text))
         .max()
@@ -187,7 +187,7 @@ async fn repair_one(config: &Config, d: &Difference, action: &Action) -> Result<
     let (db, name) = d.table.split_once('.').ok_or("not db.table")?;
     let table = format!("{}.{}", quote(db), quote(name));
     // Every region still as the check left it?
-    for region in config.regions.keys().filter(|r| d.rows.contains_key(*r) || d.absent_in.contains(*r)) {
+    for region in config.regions.keys().filter(|r| d.texts.contains_key(*r) || d.absent_in.contains(*r)) {
         let mut r = super::connect(config, region, ReadFrom::Primary).await?;
         let def =
             Definition::read(&mut r.conn, db, name).await.map_err(|e| e.to_string())?.ok_or("table gone")?;
@@ -217,25 +217,18 @@ async fn repair_one(config: &Config, d: &Difference, action: &Action) -> Result<
                 let step = 10_i64.pow(6 - def.precision(policy.version_column).min(6));
                 MyValue::from(datetime_text((version_us.div_euclid(step) + 1) * step))
             };
-            let loser = d.rows.iter().find(|(n, _)| *n != region).map(|(_, row)| row);
+            let loser = d.texts.iter().find(|(n, _)| *n != region).map(|(_, row)| row);
             let mut tx = r.conn.start_transaction(TxOpts::default()).await.map_err(|e| e.to_string())?;
             let (cond, key_params) = key_cond(&def, key);
             let mut params = vec![next];
             params.extend(key_params);
             params.push(MyValue::from(d.digests.get(region).cloned().unwrap_or_default()));
-            let changed = tx
-                .exec_iter(
-                    format!("UPDATE {table} SET {v} = ? WHERE {cond} AND {} = ?", def.digest_sql()),
-                    Params::Positional(params),
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .affected_rows();
-            if changed != 1 {
+            let sql = format!("UPDATE {table} SET {v} = ? WHERE {cond} AND {} = ?", def.digest_sql());
+            if !one_row(&mut tx, sql, params).await? {
                 tx.rollback().await.ok();
                 return Ok(false);
             }
-            log(&mut tx, d, "last_write_wins", region, loser, d.rows.get(region), *version_us, &key_json)
+            log(&mut tx, d, "last_write_wins", region, loser, d.texts.get(region), *version_us, &key_json)
                 .await?;
             tx.commit().await.map_err(|e| e.to_string())?;
             r.conn.disconnect().await.ok();
@@ -251,19 +244,12 @@ async fn repair_one(config: &Config, d: &Difference, action: &Action) -> Result<
                 let mut tx = r.conn.start_transaction(TxOpts::default()).await.map_err(|e| e.to_string())?;
                 let (cond, mut params) = key_cond(&def, key);
                 params.push(MyValue::from(d.digests.get(region).cloned().unwrap_or_default()));
-                let deleted = tx
-                    .exec_iter(
-                        format!("DELETE FROM {table} WHERE {cond} AND {} = ?", def.digest_sql()),
-                        Params::Positional(params),
-                    )
-                    .await
-                    .map_err(|e| e.to_string())?
-                    .affected_rows();
-                if deleted != 1 {
+                let sql = format!("DELETE FROM {table} WHERE {cond} AND {} = ?", def.digest_sql());
+                if !one_row(&mut tx, sql, params).await? {
                     tx.rollback().await.ok();
                     return Ok(false);
                 }
-                log(&mut tx, d, "tombstone", winner, d.rows.get(region), None, *version_us, &key_json)
+                log(&mut tx, d, "tombstone", winner, d.texts.get(region), None, *version_us, &key_json)
                     .await?;
                 tx.commit().await.map_err(|e| e.to_string())?;
                 r.conn.disconnect().await.ok();
@@ -283,6 +269,16 @@ pub(super) fn datetime_text(us: i64) -> String {
         u32::try_from(us.rem_euclid(1_000_000)).unwrap_or(0),
         6,
     )
+}
+
+/// Run a write conditional on the row's digest; whether it found exactly the one row.
+async fn one_row(
+    tx: &mut mysql_async::Transaction<'_>,
+    sql: String,
+    params: Vec<MyValue>,
+) -> Result<bool, String> {
+    let result = tx.exec_iter(sql, Params::Positional(params)).await.map_err(|e| e.to_string())?;
+    Ok(result.affected_rows() == 1)
 }
 
 fn key_cond(def: &Definition, key: &Key) -> (String, Vec<MyValue>) {

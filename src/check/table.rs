@@ -175,6 +175,47 @@ impl Definition {
 }
 
 impl Column {
+    /// A value read as text (`text_sql`'s form; None: NULL) as the wire envelope encodes this
+    /// column's type (`model::Value`). Text that does not parse as the type stays text.
+    pub fn envelope(&self, text: Option<&str>) -> serde_json::Value {
+        use crate::model::Value;
+        let Some(t) = text else { return serde_json::to_value(Value::Null).unwrap_or_default() };
+        let precision = || {
+            self.column_type
+                .split_once('(')
+                .and_then(|(_, p)| p.trim_end_matches(')').parse().ok())
+                .unwrap_or(0)
+        };
+        let text = || Value::Text { v: t.to_string() };
+        let value = match self.data_type.as_str() {
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint"
+                if self.column_type.contains("unsigned") =>
+            {
+                t.parse().map_or_else(|_| text(), |v| Value::Uint { v })
+            }
+            "tinyint" | "smallint" | "mediumint" | "int" | "bigint" => {
+                t.parse().map_or_else(|_| text(), |v| Value::Int { v })
+            }
+            "float" => t.parse::<f64>().map_or_else(|_| text(), |v| Value::Float { v: v as f32 }),
+            "double" => t.parse().map_or_else(|_| text(), |v| Value::Double { v }),
+            "decimal" => Value::Decimal { v: t.to_string() },
+            "date" => Value::Date { v: t.to_string() },
+            "datetime" => Value::Datetime { v: t.to_string(), p: precision() },
+            "timestamp" => Value::Timestamp { v: t.to_string(), p: precision() },
+            "time" => Value::Time { v: t.to_string(), p: precision() },
+            "year" => t.parse().map_or_else(|_| text(), |v| Value::Year { v }),
+            "bit" => t.parse().map_or_else(|_| text(), |v| Value::Bit { v, bits: precision() }),
+            "enum" => Value::Enum { v: t.to_string() },
+            "set" => Value::Set { v: t.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect() },
+            _ if self.is_binary() => match t.strip_prefix("0x").map(hex) {
+                Some(Some(v)) => Value::Bytes { v },
+                _ => text(),
+            },
+            _ => text(),
+        };
+        serde_json::to_value(value).unwrap_or_default()
+    }
+
     fn describe(&self) -> String {
         let mut s = self.column_type.clone();
         s.push_str(if self.nullable { " NULL" } else { " NOT NULL" });
@@ -226,5 +267,62 @@ fn text_sql(c: &Column) -> String {
         format!("CAST(CAST({q} AS DOUBLE) AS CHAR)")
     } else {
         format!("CAST({q} AS CHAR)")
+    }
+}
+
+fn hex(text: &str) -> Option<Vec<u8>> {
+    text.len()
+        .is_multiple_of(2)
+        .then(|| {
+            (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect()
+        })
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn column(data_type: &str, column_type: &str) -> Column {
+        Column {
+            name: "c".into(),
+            column_type: column_type.into(),
+            data_type: data_type.into(),
+            nullable: true,
+            charset: None,
+            collation: None,
+        }
+    }
+
+    #[test]
+    fn values_are_encoded_as_the_envelope_encodes_them() {
+        let cases = [
+            (column("int", "int(11)"), Some("-7"), serde_json::json!({"t": "int", "v": -7})),
+            (
+                column("bigint", "bigint(20) unsigned"),
+                Some("18446744073709551615"),
+                serde_json::json!({"t": "uint", "v": 18446744073709551615u64}),
+            ),
+            (
+                column("decimal", "decimal(12,4)"),
+                Some("1.2340"),
+                serde_json::json!({"t": "decimal", "v": "1.2340"}),
+            ),
+            (
+                column("datetime", "datetime(6)"),
+                Some("2026-11-01 00:00:00.000001"),
+                serde_json::json!({"t": "datetime", "v": "2026-11-01 00:00:00.000001", "p": 6}),
+            ),
+            (
+                column("varbinary", "varbinary(16)"),
+                Some("0x00FF"),
+                serde_json::json!({"t": "bytes", "v": "AP8="}),
+            ),
+            (column("set", "set('a','b')"), Some("a,b"), serde_json::json!({"t": "set", "v": ["a", "b"]})),
+            (column("varchar", "varchar(4)"), None, serde_json::json!({"t": "null"})),
+        ];
+        for (c, text, want) in cases {
+            assert_eq!(c.envelope(text), want, "{c:?} {text:?}");
+        }
     }
 }
