@@ -74,6 +74,8 @@ pub struct ApplyRole {
     /// The server refused ferry's account and nothing was applied since: cleared (readiness
     /// and `ferry_apply_refused` with it) by the next group applied, whichever path applies it.
     refusing: std::sync::atomic::AtomicBool,
+    /// Waiting for a migration the origin ran (`ApplyError::SchemaBehind`).
+    schema_behind: std::sync::atomic::AtomicBool,
 }
 
 impl ApplyRole {
@@ -104,6 +106,7 @@ impl ApplyRole {
                 metrics: metrics.clone(),
                 clock: LagClock::default(),
                 refusing: std::sync::atomic::AtomicBool::new(false),
+                schema_behind: std::sync::atomic::AtomicBool::new(false),
             })
             .collect()
     }
@@ -506,6 +509,28 @@ impl ApplyRole {
                         _ = tokio::time::sleep(REFUSED_RECHECK) => {}
                     }
                 }
+                Err(ApplyError::SchemaBehind(reason)) => {
+                    // A migration the origin ran and this region has not: not the record's
+                    // fault either. Wait for the schema, then go on from the same transaction.
+                    if !self.schema_behind.swap(true, Ordering::Relaxed) {
+                        self.metrics.errors.get_or_create(&self.kind("schema_behind")).inc();
+                        tracing::error!(origin = %self.origin, %reason, recheck_every = ?REFUSED_RECHECK,
+                            "the local schema lacks what a change from the origin needs: nothing is \
+                             dead-lettered; applying waits until the migration has run here");
+                        session.ctx.reporter.set(RoleState::NotReady {
+                            reason: format!(
+                                "waiting for a migration: {reason}; {} ran it, run it here and apply \
+                                 resumes by itself (rechecked every {}s)",
+                                self.origin,
+                                REFUSED_RECHECK.as_secs()
+                            ),
+                        });
+                    }
+                    tokio::select! {
+                        _ = session.ctx.shutdown.cancelled() => return Err(ApplyError::Lost("shutdown while waiting for a migration".into())),
+                        _ = tokio::time::sleep(REFUSED_RECHECK) => {}
+                    }
+                }
                 Err(ApplyError::Permanent(reason)) => {
                     self.metrics.errors.get_or_create(&self.kind("permanent")).inc();
                     return Ok(Err(reason));
@@ -544,6 +569,10 @@ impl ApplyRole {
             self.metrics.refused.get_or_create(&self.labels()).set(0);
             session.ctx.reporter.set(RoleState::Ready);
             tracing::info!(origin = %self.origin, "the server accepts ferry's account again: applying");
+        }
+        if self.schema_behind.swap(false, Ordering::Relaxed) {
+            session.ctx.reporter.set(RoleState::Ready);
+            tracing::info!(origin = %self.origin, "the local schema has what the origin's changes need: applying");
         }
         self.metrics.transactions.get_or_create(&self.labels()).inc_by(outcome.applied as u64);
         if outcome.applied > 0 {

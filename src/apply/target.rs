@@ -34,6 +34,11 @@ pub enum ApplyError {
     /// tries again until the grant exists.
     #[error("refused: {0}")]
     Refused(String),
+    /// The local schema lacks what the change needs (a column or a table the origin has):
+    /// a migration not run here yet. Nothing is dead-lettered; apply waits and tries again
+    /// until the schema has it.
+    #[error("schema behind: {0}")]
+    SchemaBehind(String),
     /// A row apply found absent (and so could not lock) was created by a local write before
     /// apply's insert: the group is decided again over what the table holds now.
     #[error("raced by a local write: {0}")]
@@ -51,6 +56,10 @@ impl ApplyError {
                 ApplyError::Transient(message)
             }
             _ if crate::failover::mysql::access_refused(&e) => ApplyError::Refused(message),
+            // Unknown column, unknown table: the origin ran a migration this region has not.
+            mysql_async::Error::Server(s) if matches!(s.code, 1054 | 1146) => {
+                ApplyError::SchemaBehind(message)
+            }
             // The server is read-only: it is no longer the primary (a failover demoted it).
             // Reconnecting finds the primary again.
             mysql_async::Error::Server(s) if matches!(s.code, 1290 | 1836) => ApplyError::Lost(message),
@@ -472,8 +481,11 @@ mod tests {
         for code in [1205, 1213] {
             assert!(matches!(server_error(code), ApplyError::Transient(_)), "{code}");
         }
-        for code in [1054, 1264, 1366, 1062] {
+        for code in [1264, 1366, 1062] {
             assert!(matches!(server_error(code), ApplyError::Permanent(_)), "{code}");
+        }
+        for code in [1054, 1146] {
+            assert!(matches!(server_error(code), ApplyError::SchemaBehind(_)), "{code}");
         }
     }
 
