@@ -71,7 +71,10 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
     let mut primary =
         mysql_async::Conn::new(mysql_async::Opts::from_url(&east.mysql.primary.dsn).unwrap()).await.unwrap();
     let tables: Vec<String> = primary.query("SHOW TABLES FROM psi").await.unwrap();
-    assert_eq!(tables, ["customers", "order_items", "orders", "products", "stock", "warehouses"]);
+    assert_eq!(
+        tables,
+        ["customers", "order_items", "orders", "products", "stock", "suppliers", "warehouses"]
+    );
     let ferry_tables: Vec<String> = primary.query("SHOW TABLES FROM ferry").await.unwrap();
     assert_eq!(
         ferry_tables,

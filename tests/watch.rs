@@ -83,17 +83,26 @@ async fn a_dead_app_node_is_drained_in_haproxy_and_comes_back_when_it_recovers()
     assert!(recovery <= limit + Duration::from_millis(500), "re-enabled after {recovery:?}");
 
     // /status shows the journal; the metrics count the transitions and actions.
+    // The journal entry is written once the action returns, just after HAProxy shows its
+    // effect: read until it is there (or the bound passes).
     let http: std::net::SocketAddr = east.ferry.http_url.trim_start_matches("http://").parse().unwrap();
-    let (_, status) = http_get(http, "/status").await.unwrap();
-    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
-    let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
-    let actions: Vec<(String, String)> = journal
-        .iter()
-        .filter(|e| e["kind"] == "action" && e["target"] == app.name.as_str() && e["result"] != "already")
-        .map(|e| {
-            (e["what"].as_str().unwrap_or("").to_string(), e["result"].as_str().unwrap_or("").to_string())
-        })
-        .collect();
+    let journaled = std::time::Instant::now() + Duration::from_secs(3);
+    let (journal, actions) = loop {
+        let (_, status) = http_get(http, "/status").await.unwrap();
+        let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+        let journal = status["details"]["watch"]["journal"].as_array().cloned().unwrap_or_default();
+        let actions: Vec<(String, String)> = journal
+            .iter()
+            .filter(|e| e["kind"] == "action" && e["target"] == app.name.as_str() && e["result"] != "already")
+            .map(|e| {
+                (e["what"].as_str().unwrap_or("").to_string(), e["result"].as_str().unwrap_or("").to_string())
+            })
+            .collect();
+        if actions.len() >= 2 || std::time::Instant::now() > journaled {
+            break (journal, actions);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
     assert_eq!(
         actions,
         [("take_out".to_string(), "done".to_string()), ("put_back".into(), "done".into())],

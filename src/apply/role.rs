@@ -519,8 +519,9 @@ impl ApplyRole {
                              dead-lettered; applying waits until the migration has run here");
                         session.ctx.reporter.set(RoleState::NotReady {
                             reason: format!(
-                                "waiting for a migration: {reason}; {} ran it, run it here and apply \
-                                 resumes by itself (rechecked every {}s)",
+                                "waiting for a migration: {}; {} ran it, run it here and apply \
+                                 resumes by itself (rechecked every {}s) [{reason}]",
+                                missing_here(&reason),
                                 self.origin,
                                 REFUSED_RECHECK.as_secs()
                             ),
@@ -768,6 +769,22 @@ enum Event<F> {
     Quiet,
 }
 
+/// What a 1054/1146 error says is missing, in an operator's words: "psi.products: column
+/// `barcode` missing here" (the server's own message when it cannot be read).
+fn missing_here(reason: &str) -> String {
+    let quoted = |after: &str| reason.split_once(after).and_then(|(_, rest)| rest.split('\'').next());
+    // The statement context names the table as `db`.`table`.
+    let table = reason
+        .split_once('`')
+        .and_then(|(_, rest)| rest.split_once("`.`"))
+        .and_then(|(db, rest)| Some(format!("{db}.{}", rest.split('`').next()?)));
+    match (table, quoted("Unknown column '"), quoted("Table '")) {
+        (Some(t), Some(column), _) => format!("{t}: column `{column}` missing here"),
+        (_, None, Some(table)) => format!("table {table} missing here"),
+        _ => reason.to_string(),
+    }
+}
+
 /// How often the backlog (high watermark − next offset to apply) is measured.
 const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
@@ -934,5 +951,17 @@ impl Role for ApplyRole {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_missing_column_or_table_is_named() {
+        let column = "INSERT INTO `psi`.`products`: Server error: `ERROR 1054 (42S22): Unknown column 'barcode' in 'INSERT INTO''";
+        assert_eq!(super::missing_here(column), "psi.products: column `barcode` missing here");
+        let table = "SELECT 1 FROM `psi`.`gadgets`: Server error: `ERROR 1146 (42S02): Table 'psi.gadgets' doesn't exist'";
+        assert_eq!(super::missing_here(table), "table psi.gadgets missing here");
+        assert_eq!(super::missing_here("odd"), "odd");
     }
 }

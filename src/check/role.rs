@@ -85,6 +85,8 @@ impl CheckRole {
     }
 }
 
+/// The shortest time a scheduled window run may take before it is cut.
+const MIN_RUN_LIMIT: Duration = Duration::from_secs(60);
 /// A failed full check is tried again this soon (or at its interval, if shorter).
 const RETRY_FULL: Duration = Duration::from_secs(60);
 /// How long connecting to the local primary may take.
@@ -220,10 +222,15 @@ impl Role for CheckRole {
                     let to = now_us() - i64::try_from(c.settle.as_micros()).unwrap_or(0);
                     let back = now_us() - i64::try_from(c.window.as_micros()).unwrap_or(0);
                     let from = window_end.map_or(back, |end| end.min(back));
-                    let run = super::window(&self.config, &options, from, to);
+                    // A run stuck on a connection that never answers must not stop every
+                    // later one: it is cut after a window's length (its rows are checked again).
+                    let run = tokio::time::timeout(
+                        c.window.max(MIN_RUN_LIMIT),
+                        super::window(&self.config, &options, from, to),
+                    );
                     tokio::select! {
                         _ = ctx.shutdown.cancelled() => return Ok(()),
-                        result = run => match result {
+                        result = run => match result.unwrap_or_else(|_| Err("cut: it ran longer than check.window".into())) {
                             Ok(report) => {
                                 window_end = Some(to);
                                 self.record("window", &report, &mut last, &ctx.reporter)
@@ -236,10 +243,11 @@ impl Role for CheckRole {
                     && now >= at
                 {
                     next_full = Some(now + every);
-                    let run = self.full(&options);
+                    // Cut after its interval; the next run resumes it from ferry.check_progress.
+                    let run = tokio::time::timeout(every, self.full(&options));
                     tokio::select! {
                         _ = ctx.shutdown.cancelled() => return Ok(()),
-                        result = run => match result {
+                        result = run => match result.unwrap_or_else(|_| Err("cut: it ran longer than check.full_every".into())) {
                             Ok(report) => self.record("full", &report, &mut last, &ctx.reporter),
                             Err(e) => {
                                 tracing::warn!(error = %e, "the full check failed; it resumes in a minute");

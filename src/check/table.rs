@@ -39,9 +39,11 @@ impl Definition {
     pub async fn read(conn: &mut Conn, db: &str, table: &str) -> Result<Option<Self>, mysql_async::Error> {
         let rows: Vec<ColumnRow> = conn
             .exec(
+                // EXTRA says `VIRTUAL GENERATED`/`STORED GENERATED` on MariaDB and MySQL alike
+                // (MySQL has no IS_GENERATED column).
                 "SELECT COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME, \
-                 IS_GENERATED FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? \
-                 ORDER BY COLUMN_NAME",
+                 IF(EXTRA LIKE '%GENERATED%', 'ALWAYS', 'NEVER') FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY COLUMN_NAME",
                 (db, table),
             )
             .await?;
@@ -60,7 +62,8 @@ impl Definition {
                 collation,
             })
             .collect();
-        let parts: Vec<(String, i64, String)> = conn
+        // COLUMN_NAME is NULL for a MySQL functional index part: such parts are left out.
+        let parts: Vec<(String, i64, Option<String>)> = conn
             .exec(
                 "SELECT INDEX_NAME, NON_UNIQUE, COLUMN_NAME FROM information_schema.STATISTICS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY INDEX_NAME, SEQ_IN_INDEX",
@@ -68,7 +71,7 @@ impl Definition {
             )
             .await?;
         let mut indexes: Vec<(String, bool, Vec<String>)> = Vec::new();
-        for (name, non_unique, column) in parts {
+        for (name, non_unique, column) in parts.into_iter().filter_map(|(n, u, c)| Some((n, u, c?))) {
             match indexes.last_mut() {
                 Some((n, _, cols)) if *n == name => cols.push(column),
                 _ => indexes.push((name, non_unique == 0, vec![column])),
