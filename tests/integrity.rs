@@ -23,7 +23,7 @@ fn row(db: &str, table: &str, op: Op, id: i64, note: &str) -> RowChange {
     let image =
         Row(vec![("id".into(), Value::Int { v: id }), ("note".into(), Value::Text { v: note.into() })]);
     let (before, after) = match op {
-        Op::Insert => (None, Some(image)),
+        Op::Insert | Op::Snapshot => (None, Some(image)),
         Op::Update => (Some(image.clone()), Some(image)),
         Op::Delete => (Some(image), None),
     };

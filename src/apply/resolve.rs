@@ -167,6 +167,10 @@ fn items<'a>(
                 deltas(Some(before), after)?,
             )),
             (Op::Delete, Some(before), _) => out.push(item(conflict::Op::Delete, before, None, Vec::new())),
+            // A state, not a change: no deltas (the stream carries those).
+            (Op::Snapshot, _, Some(after)) => {
+                out.push(item(conflict::Op::Snapshot, after, Some(written(after)), Vec::new()))
+            }
             _ => {
                 return Err(ApplyError::Permanent(format!(
                     "{}: a {:?} without the images it needs",

@@ -162,6 +162,8 @@ pub fn statement(change: &RowChange) -> Option<Statement> {
         Op::Update => update(change),
         Op::Delete if by_state(change) => delete(change).map(|d| Statement { finds: None, ..d }),
         Op::Delete => delete(change),
+        // Tables the rules leave alone (one writer): the origin's state at that point.
+        Op::Snapshot => upsert(change),
     }
 }
 
@@ -304,7 +306,7 @@ pub fn batch<'a>(changes: impl IntoIterator<Item = &'a RowChange>) -> Vec<Statem
             |row: &Row| (change.db.clone(), change.table.clone(), crate::conflict::key_text(change, row));
         let must_exist = !by_state(change);
         match (change.op, change.before.as_ref(), change.after.as_ref()) {
-            (Op::Insert, _, Some(after)) => set(id(after), Final::Upsert(change), false),
+            (Op::Insert | Op::Snapshot, _, Some(after)) => set(id(after), Final::Upsert(change), false),
             (Op::Update, Some(before), Some(after)) => {
                 let (old, new) = (id(before), id(after));
                 let moved = old != new;

@@ -58,6 +58,8 @@ pub enum Op {
     Insert,
     Update,
     Delete,
+    /// A row's state from an initial sync (see [`decide`]).
+    Snapshot,
 }
 
 /// An incoming row change, as the rules see it.
@@ -234,6 +236,18 @@ pub fn decide(local: Local, incoming: Incoming) -> Decision {
             with(if incoming_wins { Action::Delete } else { Action::Keep }, conflict)
         }
         (Op::Delete, Local::Gone { .. }) => none(Action::Tombstone),
+        // A snapshot row is a state the stream may already have moved past: it fills a gap,
+        // never wins a contest. Absent: inserted, unless a tombstone as late says the row was
+        // deleted since. Present: replaced only by a strictly later stamp (the same write
+        // arriving twice keeps the row), and its delta columns are never added (carried out
+        // with no deltas). Nothing here is a conflict between writers.
+        (Op::Snapshot, Local::Gone { tombstone: None }) => none(Action::Insert),
+        (Op::Snapshot, Local::Gone { tombstone: Some(t) }) => {
+            none(if t.at_us >= incoming.stamp.at_us { Action::Keep } else { Action::Insert })
+        }
+        (Op::Snapshot, Local::Row { stamp, .. }) => {
+            none(if incoming.stamp.beats(&stamp) { Action::Overwrite } else { Action::Keep })
+        }
     }
 }
 

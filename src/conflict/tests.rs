@@ -71,3 +71,26 @@ fn a_regions_own_reinsert_at_the_version_of_its_delete_recreates_the_row() {
     let insert = Incoming { op: Op::Insert, stamp: b, before_version_us: None };
     assert_eq!(decide(gone, insert).action, Action::Insert);
 }
+
+#[test]
+fn a_snapshot_row_fills_a_gap_and_never_wins_a_contest() {
+    let snapshot =
+        |at_us| Incoming { op: Op::Snapshot, stamp: Stamp { at_us, rank: 0 }, before_version_us: None };
+    let row = |at_us, rank| Local::Row { stamp: Stamp { at_us, rank }, version_us: Some(at_us) };
+    let gone = |t: Option<i64>| Local::Gone { tombstone: t.map(|at_us| Stamp { at_us, rank: 1 }) };
+    let cases = [
+        (gone(None), 5, Action::Insert, "absent: inserted"),
+        (gone(Some(5)), 5, Action::Keep, "deleted at the snapshot's version: stays deleted"),
+        (gone(Some(9)), 5, Action::Keep, "deleted later: stays deleted"),
+        (gone(Some(4)), 5, Action::Insert, "deleted before the row was written again: inserted"),
+        (row(5, 0), 5, Action::Keep, "the same write: kept"),
+        (row(9, 1), 5, Action::Keep, "a newer row: kept"),
+        (row(4, 1), 5, Action::Overwrite, "an older row: replaced"),
+        (row(5, 1), 5, Action::Overwrite, "a tie goes to the earlier region, as for every write"),
+    ];
+    for (local, at, want, why) in cases {
+        let d = decide(local, snapshot(at));
+        assert_eq!(d.action, want, "{why}");
+        assert!(d.conflict.is_none(), "{why}: a snapshot is not a conflict");
+    }
+}

@@ -18,6 +18,10 @@ pub enum Op {
     Insert,
     Update,
     Delete,
+    /// A row as an initial sync read it (its state at a consistent point of the origin's
+    /// stream, not a change): inserted where absent, never over a newer row or a tombstone as
+    /// late, never adding to delta columns (`docs/wire-format.md`).
+    Snapshot,
 }
 
 /// One row changed by one statement of a transaction.
