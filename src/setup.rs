@@ -52,9 +52,16 @@ async fn mysql_problems(config: &Config, local: &RegionConfig, at: &str) -> Vec<
         let path =
             if i == 0 { format!("{at}.mysql.primary") } else { format!("{at}.mysql.replicas[{}]", i - 1) };
         match connect(server, &accounts, WITHIN).await {
-            Ok(conn) if i == 0 => primary = Some(conn),
-            Ok(conn) => {
-                let _ = conn.disconnect().await;
+            Ok(mut conn) => {
+                match settings_problems(&mut conn, local.mysql.flavor).await {
+                    Ok(found) => out.extend(found.into_iter().map(|m| problem(path.clone(), m))),
+                    Err(e) => out.push(problem(path.clone(), format!("reading the server's settings: {e}"))),
+                }
+                if i == 0 {
+                    primary = Some(conn);
+                } else {
+                    let _ = conn.disconnect().await;
+                }
             }
             Err(e) if e.refused => out.push(problem(
                 format!("{at}.mysql.password"),
@@ -112,6 +119,57 @@ async fn mysql_problems(config: &Config, local: &RegionConfig, at: &str) -> Vec<
     }
     let _ = conn.disconnect().await;
     out
+}
+
+/// The guide's settings (docs/install.md) on one server, primary or replica (a replica is a
+/// primary after a failover): the binlog as capture reads it, `log_slave_updates` (a promoted
+/// replica holds every transaction in its own binlog, so capture resumes there), strict GTIDs
+/// (failover compares positions per domain) and UTC (versions in DATETIME columns are compared
+/// as UTC). Each problem says what to set and why.
+async fn settings_problems(
+    conn: &mut mysql_async::Conn,
+    flavor: Flavor,
+) -> Result<Vec<String>, mysql_async::Error> {
+    let mut wanted: Vec<(&str, &str, &str)> = vec![
+        ("log_bin", "1", "capture reads the binlog, and a promoted replica must write one"),
+        ("binlog_format", "ROW", "capture needs row images"),
+        ("binlog_row_image", "FULL", "the conflict rules compare whole rows"),
+        ("binlog_row_metadata", "FULL", "capture maps values to columns by name"),
+        (
+            "log_slave_updates",
+            "1",
+            "a promoted replica must hold every transaction in its binlog for capture to resume there",
+        ),
+    ];
+    match flavor {
+        Flavor::Mariadb => {
+            wanted.push(("gtid_strict_mode", "1", "failover compares GTID positions per domain"));
+        }
+        Flavor::Mysql => {
+            wanted.push(("gtid_mode", "ON", "capture and failover work by GTID"));
+            wanted.push(("enforce_gtid_consistency", "ON", "GTID mode requires it"));
+        }
+    }
+    let mut out = Vec::new();
+    for (name, want, why) in wanted {
+        let got: Option<String> = conn.query_first(format!("SELECT @@global.{name}")).await?;
+        let got = got.unwrap_or_default();
+        if !got.eq_ignore_ascii_case(want) {
+            out.push(format!("{name} is {got}; set {name} = {want} ({why}; docs/install.md)"));
+        }
+    }
+    let (zone, system): (Option<String>, Option<String>) =
+        conn.query_first("SELECT @@global.time_zone, @@system_time_zone").await?.unwrap_or_default();
+    let utc = |z: &str| matches!(z.to_ascii_uppercase().as_str(), "+00:00" | "UTC" | "GMT" | "ETC/UTC");
+    let zone = zone.unwrap_or_default();
+    let effective = if zone.eq_ignore_ascii_case("SYSTEM") { system.unwrap_or_default() } else { zone };
+    if !utc(&effective) {
+        out.push(format!(
+            "the time zone is {effective}; set default_time_zone = '+00:00' (versions in DATETIME columns are \
+             compared as UTC; docs/install.md)"
+        ));
+    }
+    Ok(out)
 }
 
 /// A privilege on a scope (`*.*` or `` `db`.* ``) that a role needs.

@@ -72,6 +72,19 @@ async fn a_good_configuration_is_valid_and_a_wrong_password_is_not() {
     println!("wrong domain id:\n{out}");
     assert_eq!(code, Some(64), "{out}");
     assert!(out.contains("regions.east.mysql.gtid_domain_id"), "{out}");
+
+    // A setting capture can start without but failover needs (the guide sets it).
+    let mut root = db.root_conn().await.unwrap();
+    root.query_drop("SET GLOBAL gtid_strict_mode = OFF").await.unwrap();
+    let (code, out) = validate(&good);
+    println!("strict mode off:\n{out}");
+    assert_eq!(code, Some(64), "{out}");
+    assert!(
+        out.contains("regions.east.mysql.primary: gtid_strict_mode is 0; set gtid_strict_mode = 1"),
+        "{out}"
+    );
+    root.query_drop("SET GLOBAL gtid_strict_mode = ON").await.unwrap();
+    assert_eq!(validate(&good).0, Some(0));
 }
 
 #[tokio::test]
