@@ -115,6 +115,13 @@ enum Command {
         #[command(subcommand)]
         command: FailoverCommand,
     },
+    /// An initial sync from another region (run with the receiving region's config): the
+    /// origin's capture reads the tables in chunks between watermarks and publishes them into
+    /// its stream, where this region's apply takes them by the rules.
+    Sync {
+        #[command(subcommand)]
+        command: SyncCommand,
+    },
     /// A planned, lossless handover of a primary to a replica.
     Switchover {
         #[command(subcommand)]
@@ -151,6 +158,36 @@ enum FailoverCommand {
         /// The report as one JSON object.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SyncCommand {
+    /// Ask `--from`'s capture to snapshot the tables (default: every user table with a primary
+    /// key that apply governs). Every table must exist here.
+    Start {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
+    /// Per table: chunks and rows published, the origin's row estimate, done.
+    Status {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop what is not done yet.
+    Cancel {
+        #[arg(long, env = "FERRY_CONFIG")]
+        config: PathBuf,
+        #[arg(long)]
+        from: String,
     },
 }
 
@@ -263,6 +300,7 @@ pub fn main() -> i32 {
         Command::Failover { command: FailoverCommand::Region { config, from, to, confirm, json } } => {
             region_failover(&config, &from, &to, confirm, json)
         }
+        Command::Sync { command } => sync(command),
         Command::Switchover { command: SwitchoverCommand::Redis { config, region } } => {
             redis_switchover(&config, region)
         }
@@ -460,6 +498,63 @@ fn conflicts(path: &Path, filter: ConflictFilter, json: bool) -> i32 {
             }
             Err(e) => {
                 eprintln!("ferry conflicts: {e}");
+                1
+            }
+        }
+    })
+}
+
+fn sync(command: SyncCommand) -> i32 {
+    let path = match &command {
+        SyncCommand::Start { config, .. }
+        | SyncCommand::Status { config, .. }
+        | SyncCommand::Cancel { config, .. } => config.clone(),
+    };
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    logging::init(config.log.format, "warn");
+    block_on(async move {
+        let result = match command {
+            SyncCommand::Start { from, tables, .. } => {
+                crate::sync::start(&config, &from, &tables).await.map(|t| {
+                    println!("asked {from} to snapshot {} table(s): {}", t.len(), t.join(", "));
+                    println!("follow it with: ferry sync status --config {} --from {from}", path.display());
+                })
+            }
+            SyncCommand::Status { from, json, .. } => crate::sync::status(&config, &from).await.map(|rows| {
+                for r in &rows {
+                    if json {
+                        println!("{}", serde_json::to_string(r).unwrap_or_default());
+                    } else {
+                        let percent = if r.done {
+                            100.0
+                        } else {
+                            (r.rows as f64 * 100.0 / r.estimate.max(1) as f64).min(99.0)
+                        };
+                        println!(
+                            "{:<32} {:>6} chunks {:>10} rows  {:>5.1}%  {}",
+                            r.table,
+                            r.chunks,
+                            r.rows,
+                            percent,
+                            if r.done { "done" } else { "running" }
+                        );
+                    }
+                }
+                if !json && rows.is_empty() {
+                    println!("no initial sync requested from {from}");
+                }
+            }),
+            SyncCommand::Cancel { from, .. } => {
+                crate::sync::cancel(&config, &from).await.map(|n| println!("cancelled {n} table(s)"))
+            }
+        };
+        match result {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("ferry sync: {e}");
                 1
             }
         }

@@ -11,10 +11,12 @@
 //! - [`failover`]: candidate choice, fencing, promotion, re-pointing, DNS/HAProxy and region switches.
 //! - [`bench`]: `ferry bench`, measurements against a same-machine baseline.
 //! - [`capture`]: binlog source, row decoding, transactions.
+//! - [`catalog`]: a table's definition as a server reports it; rows read as text and typed.
 //! - [`check`]: `ferry check`: chunked comparison of the regions, settled drill-down, repair.
 //! - [`cli`]: the command line (clap) and exit codes.
 //! - [`app`]: the supervisor: starts the roles, readiness, ordered shutdown under a grace timeout.
 //! - [`runtime`]: what a role is (trait, context, shutdown stages); roles depend on it, not on `app`.
+//! - [`sync`]: `ferry sync`: asking another region for an initial sync, and its progress.
 //! - [`status`]: the board where roles report their state; backs `/health/ready` and `/status`.
 //! - [`metrics`]: metric names (one table), registry, process metrics, the HTTP listener.
 //! - [`model`]: GTIDs and positions, typed column values, row changes (plain data).
@@ -28,6 +30,7 @@ pub mod app;
 pub mod apply;
 pub mod bench;
 pub mod capture;
+pub mod catalog;
 pub mod check;
 pub mod cli;
 pub mod config;
@@ -41,6 +44,7 @@ pub mod sandbox;
 pub mod schema;
 pub mod setup;
 pub mod status;
+pub mod sync;
 pub mod transport;
 pub mod watch;
 

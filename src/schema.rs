@@ -9,6 +9,9 @@
 //!   needs the writer of the local row; a row whose version differs was written here).
 //! - `conflicts`: one row per conflict decided, with both images, winner and rule.
 //! - `failovers`: each region failover ferry carried out, with its RPO report.
+//! - `snapshot_progress`: an initial sync's tables on the origin (written by `ferry sync start`,
+//!   the signal), each with the last key published and acknowledged.
+//! - `snapshot_watermark`: the low and high watermarks capture writes around each chunk.
 //! - `check_progress`: where a scheduled full check stands, per table (resumes after a restart).
 //! - `watch_probe`: the watch loop's MySQL heartbeat writes (`heartbeat: true` probes).
 //! - `heartbeat`: written every second by each region; the only `ferry` table that is captured.
@@ -93,6 +96,21 @@ pub const STATEMENTS: &[&str] = &[
         after_key TEXT NULL,
         done TINYINT NOT NULL DEFAULT 0,
         updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.snapshot_progress (
+        table_name VARCHAR(200) NOT NULL PRIMARY KEY,
+        -- the last key published and acknowledged (JSON, see check::progress), NULL: none yet
+        last_key TEXT NULL,
+        done TINYINT NOT NULL DEFAULT 0,
+        rows_done BIGINT NOT NULL DEFAULT 0,
+        chunks BIGINT NOT NULL DEFAULT 0,
+        requested_by VARCHAR(32) NOT NULL,
+        requested_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6),
+        updated_at DATETIME(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6) ON UPDATE CURRENT_TIMESTAMP(6)
+    ) ENGINE=InnoDB",
+    "CREATE TABLE IF NOT EXISTS ferry.snapshot_watermark (
+        id TINYINT NOT NULL PRIMARY KEY,
+        mark VARCHAR(300) NOT NULL
     ) ENGINE=InnoDB",
     "CREATE TABLE IF NOT EXISTS ferry.watch_probe (
         target VARCHAR(255) NOT NULL PRIMARY KEY,

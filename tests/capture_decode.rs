@@ -45,7 +45,7 @@ async fn capture(db: &MariaDb, from: &Position, table: &str, want: usize) -> (Ve
             match step {
                 Step::Rows { rows: r, .. } => rows.extend(r),
                 Step::End { outcome, .. } => outcomes.push(outcome),
-                Step::Statement { .. } => {}
+                Step::Statement { .. } | Step::Foreign { .. } => {}
             }
         }
     }
@@ -360,9 +360,18 @@ async fn generated_columns_are_marked_through_the_pipeline() {
         let _ = tokio::time::timeout(Duration::from_secs(30), watcher.wait_for(|p| p.generation > 0)).await;
         stopper.cancel();
     });
-    pipeline::run(db.opts(), &settings, from, &mut sink, &progress, &CaptureMetrics::default(), &stop)
-        .await
-        .unwrap();
+    pipeline::run(
+        db.opts(),
+        &settings,
+        from,
+        &mut sink,
+        &progress,
+        &CaptureMetrics::default(),
+        &stop,
+        &mut ferry::capture::snapshot::Windows::none(),
+    )
+    .await
+    .unwrap();
     waiter.await.unwrap();
 
     let records = records.lock().unwrap();

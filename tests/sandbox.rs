@@ -86,6 +86,8 @@ async fn sandbox_comes_up_wired_and_goes_down_completely() {
             "failovers",
             "heartbeat",
             "row_origins",
+            "snapshot_progress",
+            "snapshot_watermark",
             "tombstones",
             "watch_probe"
         ]

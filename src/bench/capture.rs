@@ -210,7 +210,17 @@ pub(crate) async fn capture_leg<S: RecordSink>(
         stopper.cancel();
     });
     let (t0, cpu0) = (Instant::now(), cpu_seconds());
-    pipeline::run(db.opts(), &settings, start.clone(), &mut sink, &progress, &metrics, &stop).await?;
+    pipeline::run(
+        db.opts(),
+        &settings,
+        start.clone(),
+        &mut sink,
+        &progress,
+        &metrics,
+        &stop,
+        &mut crate::capture::snapshot::Windows::none(),
+    )
+    .await?;
     let (seconds, cpu) = (t0.elapsed().as_secs_f64(), cpu_seconds() - cpu0);
     done.abort();
     if !progress.borrow().position.includes(end) {

@@ -10,6 +10,7 @@ pub mod mysql8;
 pub mod pipeline;
 pub mod preflight;
 pub mod role;
+pub mod snapshot;
 pub mod source;
 pub mod tail;
 pub mod tombstones;

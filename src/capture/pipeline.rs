@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 pub use super::error::CaptureError;
 use super::generated::GeneratedColumns;
 use super::metrics::{CaptureMetrics, KindLabels};
+use super::snapshot::{Mark as Watermark, Windows};
 use super::source::BinlogSource;
 use super::tombstones::LocalTombstones;
-use super::txn::{Assembler, Outcome, Step};
+use super::txn::{Assembler, FERRY_SCHEMA, Outcome, Step, WATERMARK_TABLE};
 use crate::config::Flavor;
 use crate::model::{Gtid, OriginFilter, Position, RowChange};
 use crate::transport::envelope::{Record, RecordBuilder};
@@ -86,6 +87,7 @@ pub fn report_host(region: &str) -> String {
 
 /// Stream from `start` until `shutdown` or an error, publishing through `sink` and reporting
 /// acknowledged progress on `progress`. On shutdown: stop reading, wait for outstanding acks.
+#[allow(clippy::too_many_arguments)] // the pieces are all distinct
 pub async fn run<S: RecordSink>(
     opts: Opts,
     settings: &PipelineSettings,
@@ -94,6 +96,7 @@ pub async fn run<S: RecordSink>(
     progress: &watch::Sender<Progress>,
     metrics: &CaptureMetrics,
     shutdown: &CancellationToken,
+    windows: &mut Windows,
 ) -> Result<(), CaptureError> {
     let host = report_host(&settings.region);
     let mut source = BinlogSource::connect(
@@ -109,7 +112,7 @@ pub async fn run<S: RecordSink>(
     tracing::info!(position = %start, "capture streaming");
     let mut tombstones = settings.tombstones.clone().map(|rules| LocalTombstones::new(opts.clone(), rules));
     let mut generated = GeneratedColumns::new(opts);
-    let mut local = Local { generated: &mut generated, tombstones: tombstones.as_mut() };
+    let mut local = Local { generated: &mut generated, tombstones: tombstones.as_mut(), windows };
     // The first transaction published names the last one published before (kept with the
     // checkpoint, and handed in as the starting progress).
     let published = progress.borrow().published.clone();
@@ -158,6 +161,7 @@ async fn stream<S: RecordSink>(
         if let Err(e) = handle_steps(steps, settings, builder, &mut out, local, metrics).await {
             break Err(e);
         }
+        assembler.track_foreign = local.windows.is_open();
     };
     // Stop reading; let outstanding acks land so the checkpoint covers them.
     drop(out);
@@ -196,8 +200,31 @@ async fn handle_steps<S: RecordSink>(
 ) -> Result<(), CaptureError> {
     for step in steps {
         match step {
+            Step::Foreign { rows } => {
+                for row in &rows {
+                    local.windows.note(row);
+                }
+            }
             Step::Rows { header, rows } => {
                 for mut row in rows.into_iter().filter(|r| settings.filter.as_ref().is_none_or(|f| f(r))) {
+                    if row.db == FERRY_SCHEMA && row.table == WATERMARK_TABLE {
+                        // An initial sync's watermark: never published itself; at a high
+                        // watermark, the chunk's rows nothing changed since the low one go
+                        // out in this transaction.
+                        match super::snapshot::mark(&row) {
+                            Some(Watermark::Low { number, table }) => local.windows.open(number, table),
+                            Some(Watermark::High { number }) => {
+                                for snapshot in local.windows.close(number) {
+                                    if let Some(record) = builder.push(&header, &snapshot)? {
+                                        out.send(record, None).await?;
+                                    }
+                                }
+                            }
+                            None => {}
+                        }
+                        continue;
+                    }
+                    local.windows.note(&row);
                     metrics.rows.inc();
                     local.generated.mark(&mut row).await?;
                     if let Some(t) = local.tombstones.as_deref_mut() {
@@ -274,6 +301,7 @@ fn ferrys_own(schema: &str, query: &str) -> bool {
 struct Local<'a> {
     generated: &'a mut GeneratedColumns,
     tombstones: Option<&'a mut LocalTombstones>,
+    windows: &'a mut Windows,
 }
 
 struct Outbox<'a, S> {

@@ -118,10 +118,30 @@ impl CaptureRole {
             stop_writer.clone(),
             self.metrics.clone(),
         ));
+        // The initial sync's driver: chunks handed to this pipeline, recorded once acknowledged.
+        let (chunks, handed) = tokio::sync::mpsc::channel(4);
+        let stop_driver = CancellationToken::new();
+        let driver = crate::runtime::AbortOnDrop(tokio::spawn(super::snapshot::drive(
+            opts.clone(),
+            chunks,
+            progress.subscribe(),
+            stop_driver.clone(),
+        )));
+        let mut windows = super::snapshot::Windows::new(handed);
         ctx.reporter.set(RoleState::Ready);
-        let result =
-            pipeline::run(opts, &self.settings(), start, &mut sink, &progress, &self.metrics, &ctx.shutdown)
-                .await;
+        let result = pipeline::run(
+            opts,
+            &self.settings(),
+            start,
+            &mut sink,
+            &progress,
+            &self.metrics,
+            &ctx.shutdown,
+            &mut windows,
+        )
+        .await;
+        stop_driver.cancel();
+        drop(driver);
         stop_writer.cancel();
         let written = writer.await.map_err(|e| CaptureError::Checkpoint(e.to_string()))?;
         result.and(written)

@@ -60,5 +60,15 @@ pub async fn run(
         signal_stop.cancel();
     });
     let metrics = CaptureMetrics::default();
-    pipeline::run(opts, &settings, start, &mut StdoutSink, &progress, &metrics, &stop).await
+    pipeline::run(
+        opts,
+        &settings,
+        start,
+        &mut StdoutSink,
+        &progress,
+        &metrics,
+        &stop,
+        &mut super::snapshot::Windows::none(),
+    )
+    .await
 }

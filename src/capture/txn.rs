@@ -26,6 +26,9 @@ pub enum Step {
     Rows { header: TxnHeader, rows: Vec<RowChange> },
     /// A transaction ended; `position` is the replication position just after it.
     End { header: TxnHeader, outcome: Outcome, forwarded_rows: u64, position: Position },
+    /// Rows of another region's transaction, handed on only while an initial sync's window is
+    /// open (`Assembler::track_foreign`): never forwarded, only their keys are noted.
+    Foreign { rows: Vec<RowChange> },
     /// A statement that is not replicated (DDL and the like), with the transaction it was in.
     Statement { header: Option<TxnHeader>, schema: String, query: String },
 }
@@ -54,6 +57,9 @@ pub enum AssembleError {
 pub const FERRY_SCHEMA: &str = "ferry";
 pub const HEARTBEAT_TABLE: &str = "heartbeat";
 pub const CHECKPOINT_TABLE: &str = "capture_checkpoint";
+/// The initial sync's watermarks: handed on like the heartbeat, never published
+/// (`capture::snapshot`).
+pub const WATERMARK_TABLE: &str = "snapshot_watermark";
 
 #[derive(Debug)]
 struct Open {
@@ -70,11 +76,13 @@ pub struct Assembler {
     origin: OriginFilter,
     position: Position,
     open: Option<Open>,
+    /// Hand on other regions' rows as [`Step::Foreign`] (an initial sync's window is open).
+    pub track_foreign: bool,
 }
 
 impl Assembler {
     pub fn new(origin: OriginFilter, start: Position) -> Self {
-        Self { origin, position: start, open: None }
+        Self { origin, position: start, open: None, track_foreign: false }
     }
 
     /// The position after the last transaction that ended.
@@ -113,10 +121,19 @@ impl Assembler {
                     }
                 }
                 if !open.local {
-                    return Ok(Vec::new());
+                    let rows: Vec<RowChange> = if self.track_foreign {
+                        rows.into_iter().filter(|r| r.db != FERRY_SCHEMA).collect()
+                    } else {
+                        Vec::new()
+                    };
+                    return Ok(if rows.is_empty() { Vec::new() } else { vec![Step::Foreign { rows }] });
                 }
-                let rows: Vec<RowChange> =
-                    rows.into_iter().filter(|r| r.db != FERRY_SCHEMA || r.table == HEARTBEAT_TABLE).collect();
+                let rows: Vec<RowChange> = rows
+                    .into_iter()
+                    .filter(|r| {
+                        r.db != FERRY_SCHEMA || r.table == HEARTBEAT_TABLE || r.table == WATERMARK_TABLE
+                    })
+                    .collect();
                 if rows.is_empty() {
                     return Ok(Vec::new());
                 }

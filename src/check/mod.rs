@@ -25,7 +25,7 @@ pub mod progress;
 mod read;
 pub mod repair;
 pub mod role;
-mod table;
+pub(crate) use crate::catalog as table;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

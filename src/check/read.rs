@@ -8,6 +8,7 @@ use mysql_async::{Conn, Params, Value as MyValue};
 
 use super::table::Definition;
 use crate::apply::sql::quote;
+use crate::catalog::beyond;
 
 /// A primary key's values as the server returned them (bound back as they are).
 #[derive(Debug, Clone, PartialEq)]
@@ -63,20 +64,6 @@ fn range_where(def: &Definition, range: &Range) -> (String, Vec<MyValue>) {
         params.extend(upto.0.iter().cloned());
     }
     (conds.join(" AND "), params)
-}
-
-/// `(a, b) > (x, y)` spelled out as `a > x OR (a = x AND b > y)`, which the range optimizer
-/// uses (it does not use a row-constructor comparison).
-fn beyond(cols: &[String], values: &[MyValue], op: &str) -> (String, Vec<MyValue>) {
-    let mut ors = Vec::new();
-    let mut params = Vec::new();
-    for i in 0..cols.len().min(values.len()) {
-        let mut ands: Vec<String> = cols[..i].iter().map(|c| format!("{} = ?", quote(c))).collect();
-        ands.push(format!("{} {op} ?", quote(&cols[i])));
-        params.extend(values[..=i].iter().cloned());
-        ors.push(format!("({})", ands.join(" AND ")));
-    }
-    (format!("({})", ors.join(" OR ")), params)
 }
 
 fn equal(cols: &[String]) -> String {

@@ -1,6 +1,7 @@
-//! A table as the check sees it in one region: its columns (generated ones left out, since
-//! they are not replicated), its primary key and its indexes, and the SQL that turns one row
-//! into a 128-bit digest of its exact bytes.
+//! A table as it is on one server: its stored columns (generated ones left out, since they
+//! are not replicated), its primary key and its indexes; the SQL that reads a row as text and
+//! turns it into a digest of its exact bytes (`check`), and the text back into typed values
+//! (`Column::envelope`, for the initial sync). Used by `check` and `capture`.
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -9,12 +10,14 @@ use crate::apply::sql::quote;
 
 /// `information_schema.COLUMNS`: name, type, data type, nullable, charset, collation,
 /// generated.
-type ColumnRow = (String, String, String, String, Option<String>, Option<String>, String);
+type ColumnRow = (String, String, String, String, Option<String>, Option<String>, String, u32);
 
 /// One column's definition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Column {
     pub name: String,
+    /// The column's position in the table (row images keep table order).
+    pub ordinal: u32,
     /// `COLUMN_TYPE`, e.g. `decimal(12,2)`, `varchar(40)`.
     pub column_type: String,
     pub data_type: String,
@@ -42,7 +45,7 @@ impl Definition {
                 // EXTRA says `VIRTUAL GENERATED`/`STORED GENERATED` on MariaDB and MySQL alike
                 // (MySQL has no IS_GENERATED column).
                 "SELECT COLUMN_NAME, COLUMN_TYPE, DATA_TYPE, IS_NULLABLE, CHARACTER_SET_NAME, COLLATION_NAME, \
-                 IF(EXTRA LIKE '%GENERATED%', 'ALWAYS', 'NEVER') FROM information_schema.COLUMNS \
+                 IF(EXTRA LIKE '%GENERATED%', 'ALWAYS', 'NEVER'), ORDINAL_POSITION FROM information_schema.COLUMNS \
                  WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY COLUMN_NAME",
                 (db, table),
             )
@@ -53,8 +56,9 @@ impl Definition {
         let columns = rows
             .into_iter()
             .filter(|r| r.6 != "ALWAYS")
-            .map(|(name, column_type, data_type, nullable, charset, collation, _)| Column {
+            .map(|(name, column_type, data_type, nullable, charset, collation, _, ordinal)| Column {
                 name,
+                ordinal,
                 column_type: column_type.to_ascii_lowercase(),
                 data_type: data_type.to_ascii_lowercase(),
                 nullable: nullable == "YES",
@@ -273,6 +277,20 @@ fn text_sql(c: &Column) -> String {
     }
 }
 
+/// `(a, b) > (x, y)` (or `<`) spelled out as `a > x OR (a = x AND b > y)`, which the range
+/// optimizer uses (it does not use a row-constructor comparison). `values` in key order.
+pub fn beyond(cols: &[String], values: &[mysql_async::Value], op: &str) -> (String, Vec<mysql_async::Value>) {
+    let mut ors = Vec::new();
+    let mut params = Vec::new();
+    for i in 0..cols.len().min(values.len()) {
+        let mut ands: Vec<String> = cols[..i].iter().map(|c| format!("{} = ?", quote(c))).collect();
+        ands.push(format!("{} {op} ?", quote(&cols[i])));
+        params.extend(values[..=i].iter().cloned());
+        ors.push(format!("({})", ands.join(" AND ")));
+    }
+    (format!("({})", ors.join(" OR ")), params)
+}
+
 fn hex(text: &str) -> Option<Vec<u8>> {
     text.len()
         .is_multiple_of(2)
@@ -289,6 +307,7 @@ mod tests {
     fn column(data_type: &str, column_type: &str) -> Column {
         Column {
             name: "c".into(),
+            ordinal: 1,
             column_type: column_type.into(),
             data_type: data_type.into(),
             nullable: true,
