@@ -212,9 +212,11 @@ async fn handle_steps<S: RecordSink>(
                         // watermark, the chunk's rows nothing changed since the low one go
                         // out in this transaction.
                         match super::snapshot::mark(&row) {
-                            Some(Watermark::Low { number, table }) => local.windows.open(number, table),
-                            Some(Watermark::High { number }) => {
-                                for snapshot in local.windows.close(number) {
+                            Some(Watermark::Low { run, number, table }) => {
+                                local.windows.open(run, number, table)
+                            }
+                            Some(Watermark::High { run, number }) => {
+                                for snapshot in local.windows.close(run, number) {
                                     if let Some(record) = builder.push(&header, &snapshot)? {
                                         out.send(record, None).await?;
                                     }

@@ -121,12 +121,15 @@ impl CaptureRole {
         // The initial sync's driver: chunks handed to this pipeline, recorded once acknowledged.
         let (chunks, handed) = tokio::sync::mpsc::channel(4);
         let stop_driver = CancellationToken::new();
-        let driver = crate::runtime::AbortOnDrop(tokio::spawn(super::snapshot::drive(
-            opts.clone(),
-            chunks,
-            progress.subscribe(),
-            stop_driver.clone(),
-        )));
+        // MariaDB only: the driver reads the high watermark's GTID from @@last_gtid.
+        let driver = (self.settings().flavor == crate::config::Flavor::Mariadb).then(|| {
+            crate::runtime::AbortOnDrop(tokio::spawn(super::snapshot::drive(
+                opts.clone(),
+                chunks,
+                progress.subscribe(),
+                stop_driver.clone(),
+            )))
+        });
         let mut windows = super::snapshot::Windows::new(handed);
         ctx.reporter.set(RoleState::Ready);
         let result = pipeline::run(

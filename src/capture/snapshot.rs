@@ -26,37 +26,41 @@ use crate::model::{Gtid, Op, Row, RowChange};
 
 /// Rows per chunk.
 const CHUNK_ROWS: u64 = 2_000;
-/// How long the driver waits for a chunk's transaction to be acknowledged before reading it
-/// again (capture restarted meanwhile).
-const ACK_WITHIN: Duration = Duration::from_secs(30);
+/// How long the driver waits when there is nothing to do, or after a failed chunk.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// One chunk read between its watermarks.
 #[derive(Debug)]
 pub struct Chunk {
+    /// The driver's run (a restarted capture replays an earlier run's watermarks).
+    pub run: u64,
     pub number: u64,
     /// `db.table`
     pub table: String,
     pub rows: Vec<RowChange>,
+    /// Told when the rows went out at the high watermark; dropped unanswered when they did
+    /// not (the driver then reads the chunk again).
+    pub published: tokio::sync::oneshot::Sender<()>,
 }
 
 /// A watermark row's meaning.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mark {
-    Low { number: u64, table: String },
-    High { number: u64 },
+    Low { run: u64, number: u64, table: String },
+    High { run: u64, number: u64 },
 }
 
-/// The mark a `ferry.snapshot_watermark` row carries (`low|n|db.table`, `high|n`).
+/// The mark a `ferry.snapshot_watermark` row carries (`low|run|n|db.table`, `high|run|n`).
 pub fn mark(row: &RowChange) -> Option<Mark> {
     let text = match row.after.as_ref()?.get("mark")? {
         crate::model::Value::Text { v } => v.clone(),
         crate::model::Value::Bytes { v } => String::from_utf8_lossy(v).into_owned(),
         _ => return None,
     };
-    let mut parts = text.splitn(3, '|');
-    match (parts.next()?, parts.next()?.parse().ok()?, parts.next()) {
-        ("low", number, Some(table)) => Some(Mark::Low { number, table: table.to_string() }),
-        ("high", number, None) => Some(Mark::High { number }),
+    let mut parts = text.splitn(4, '|');
+    match (parts.next()?, parts.next()?.parse().ok()?, parts.next()?.parse().ok()?, parts.next()) {
+        ("low", run, number, Some(table)) => Some(Mark::Low { run, number, table: table.to_string() }),
+        ("high", run, number, None) => Some(Mark::High { run, number }),
         _ => None,
     }
 }
@@ -68,6 +72,7 @@ pub struct Windows {
 }
 
 struct Window {
+    run: u64,
     number: u64,
     table: String,
     changed: HashSet<String>,
@@ -88,8 +93,8 @@ impl Windows {
     }
 
     /// A low watermark: note the table's changed keys from here.
-    pub fn open(&mut self, number: u64, table: String) {
-        self.open = Some(Window { number, table, changed: HashSet::new() });
+    pub fn open(&mut self, run: u64, number: u64, table: String) {
+        self.open = Some(Window { run, number, table, changed: HashSet::new() });
     }
 
     /// A row some transaction changed: noted when the window's table.
@@ -103,20 +108,25 @@ impl Windows {
         }
     }
 
-    /// The high watermark of chunk `number`: the chunk's rows that nothing changed in the
-    /// window (empty when the chunk is not here: the driver reads it again).
-    pub fn close(&mut self, number: u64) -> Vec<RowChange> {
-        let window = self.open.take().filter(|w| w.number == number);
+    /// The high watermark of chunk `number` of `run`: the chunk's rows that nothing changed in
+    /// the window, and the chunk told they went out. Empty when the chunk is not this
+    /// pipeline's (an earlier run's watermark, replayed after a restart) or its window is not
+    /// the one open: the driver, not told, reads the chunk again.
+    pub fn close(&mut self, run: u64, number: u64) -> Vec<RowChange> {
+        let window = self.open.take().filter(|w| w.run == run && w.number == number);
         let Some(rx) = self.chunks.as_mut() else { return Vec::new() };
-        // The driver hands a chunk over before it writes its high watermark.
+        let Some(window) = window else { return Vec::new() };
+        // The driver hands a chunk over before it writes its high watermark; earlier chunks
+        // still waiting were not published (their drivers, not told, read them again).
         let mut chunk = None;
         while let Ok(c) = rx.try_recv() {
-            if c.number == number {
+            if c.run == run && c.number == number {
                 chunk = Some(c);
                 break;
             }
         }
-        let (Some(window), Some(chunk)) = (window, chunk) else { return Vec::new() };
+        let Some(chunk) = chunk.filter(|c| c.table == window.table) else { return Vec::new() };
+        let _ = chunk.published.send(());
         chunk
             .rows
             .into_iter()
@@ -136,10 +146,18 @@ pub async fn drive(
 ) {
     let mut conn: Option<Conn> = None;
     let mut number = 0u64;
+    // This driver's run: a restarted pipeline replays earlier runs' watermarks first.
+    let run = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let mut busy = false;
     loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        if !busy {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(IDLE) => {}
+            }
         }
         if conn.is_none() {
             conn = match Conn::new(opts.clone()).await {
@@ -148,46 +166,60 @@ pub async fn drive(
                 Err(_) => None,
             };
         }
-        let Some(c) = conn.as_mut() else { continue };
+        let Some(c) = conn.as_mut() else {
+            busy = false;
+            continue;
+        };
         number += 1;
-        match step(c, &chunks, &mut acked, number, &stop).await {
-            Ok(()) => {}
+        busy = match step(c, &chunks, &mut acked, run, number, &stop).await {
+            Ok(worked) => worked,
             Err(e) => {
                 tracing::warn!(error = %e, "initial sync: a chunk failed; reading it again");
                 conn = None;
+                false
             }
-        }
+        };
     }
 }
 
-/// One chunk of the first unfinished table, if any.
+/// One chunk of the first unfinished table; whether there was one.
 async fn step(
     conn: &mut Conn,
     chunks: &mpsc::Sender<Chunk>,
     acked: &mut watch::Receiver<Progress>,
+    run: u64,
     number: u64,
     stop: &CancellationToken,
-) -> Result<(), String> {
+) -> Result<bool, String> {
     let sql = |what: &'static str| move |e: mysql_async::Error| format!("{what}: {e}");
-    let todo: Option<(String, Option<String>)> = conn
-        .query_first("SELECT table_name, last_key FROM ferry.snapshot_progress WHERE done = 0 ORDER BY table_name LIMIT 1")
+    let todo: Option<(String, Option<String>, String)> = conn
+        .query_first(
+            "SELECT table_name, last_key, CAST(requested_at AS CHAR) FROM ferry.snapshot_progress WHERE done = 0 \
+             ORDER BY table_name LIMIT 1",
+        )
         .await
         .map_err(sql("reading ferry.snapshot_progress"))?;
-    let Some((table, last)) = todo else { return Ok(()) };
+    let Some((table, last, requested)) = todo else { return Ok(false) };
+    let request = Request { table: &table, requested: &requested };
     let (db, name) = table.split_once('.').ok_or("not db.table")?;
     let Some(def) = Definition::read(conn, db, name).await.map_err(sql("reading the table"))? else {
         tracing::warn!(%table, "initial sync: the table does not exist here; left out");
-        return finish(conn, &table, None, 0, true).await;
+        return finish(conn, &request, None, 0, true).await;
     };
     if def.key.is_empty() {
         tracing::warn!(%table, "initial sync: the table has no primary key; left out");
-        return finish(conn, &table, None, 0, true).await;
+        return finish(conn, &request, None, 0, true).await;
     }
-    let after = last.as_deref().and_then(|l| serde_json::from_str(l).ok()).and_then(|j| decode(&j));
+    let after = match last.as_deref() {
+        None => None,
+        Some(l) => Some(serde_json::from_str(l).ok().and_then(|j| decode(&j)).ok_or_else(|| {
+            format!("{table}: the recorded place {l} is not a key: cancel and start the sync again")
+        })?),
+    };
     let quoted = format!("{}.{}", crate::apply::sql::quote(db), crate::apply::sql::quote(name));
     conn.exec_drop(
         "REPLACE INTO ferry.snapshot_watermark (id, mark) VALUES (1, ?)",
-        (format!("low|{number}|{table}"),),
+        (format!("low|{run}|{number}|{table}"),),
     )
     .await
     .map_err(sql("writing the low watermark"))?;
@@ -224,10 +256,14 @@ async fn step(
         last_key = Some(key);
     }
     let count = rows.len() as u64;
-    chunks.send(Chunk { number, table: table.clone(), rows }).await.map_err(|_| "the pipeline stopped")?;
+    let (published, told) = tokio::sync::oneshot::channel();
+    chunks
+        .send(Chunk { run, number, table: table.clone(), rows, published })
+        .await
+        .map_err(|_| "the pipeline stopped")?;
     conn.exec_drop(
         "REPLACE INTO ferry.snapshot_watermark (id, mark) VALUES (1, ?)",
-        (format!("high|{number}"),),
+        (format!("high|{run}|{number}"),),
     )
     .await
     .map_err(sql("writing the high watermark"))?;
@@ -235,44 +271,53 @@ async fn step(
         conn.query_first("SELECT @@last_gtid").await.map_err(sql("reading the high watermark's GTID"))?;
     let high: Gtid =
         high.unwrap_or_default().parse().map_err(|e| format!("the high watermark's GTID: {e}"))?;
-    // Recorded only once the chunk's transaction is acknowledged.
-    let waited = tokio::time::timeout(ACK_WITHIN, async {
-        loop {
-            if acked.borrow().position.includes_gtid(&high) {
-                return true;
-            }
-            tokio::select! {
-                _ = stop.cancelled() => return false,
-                changed = acked.changed() => if changed.is_err() { return false },
-            }
+    // Recorded only once the pipeline published the chunk at its high watermark and the
+    // broker acknowledged that transaction. A restarted pipeline stops this driver too.
+    let published = tokio::select! {
+        _ = stop.cancelled() => return Ok(false),
+        told = told => told.is_ok(),
+    };
+    if !published {
+        return Err(format!("chunk {number} of {table} was not published (a restart in between)"));
+    }
+    loop {
+        if acked.borrow().position.includes_gtid(&high) {
+            break;
         }
-    })
-    .await;
-    if waited != Ok(true) {
-        return Err(format!("chunk {number} of {table} was not acknowledged"));
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(false),
+            changed = acked.changed() => if changed.is_err() { return Ok(false) },
+        }
     }
     let key = last_key.or(after);
-    finish(conn, &table, key.as_ref(), count, count < CHUNK_ROWS).await
+    finish(conn, &request, key.as_ref(), count, count < CHUNK_ROWS).await
+}
+
+/// The table a chunk belongs to, and when it was requested (a new request resets the row).
+struct Request<'a> {
+    table: &'a str,
+    requested: &'a str,
 }
 
 async fn finish(
     conn: &mut Conn,
-    table: &str,
+    request: &Request<'_>,
     key: Option<&Key>,
     rows: u64,
     done: bool,
-) -> Result<(), String> {
+) -> Result<bool, String> {
+    // Only the request this chunk belongs to: a `sync start` made meanwhile starts over.
     conn.exec_drop(
         "UPDATE ferry.snapshot_progress SET last_key = ?, rows_done = rows_done + ?, chunks = chunks + 1, \
-         done = ? WHERE table_name = ?",
-        (key.map(|k| encode(k).to_string()), rows, done as u8, table),
+         done = ? WHERE table_name = ? AND CAST(requested_at AS CHAR) = ?",
+        (key.map(|k| encode(k).to_string()), rows, done as u8, request.table, request.requested),
     )
     .await
     .map_err(|e| format!("recording the initial sync's progress: {e}"))?;
     if done {
-        tracing::info!(%table, "initial sync: table done");
+        tracing::info!(table = %request.table, "initial sync: table done");
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A row read as text (`Definition::text_list`, name order) as a `snapshot` change with its
