@@ -291,6 +291,15 @@ pub fn beyond(cols: &[String], values: &[mysql_async::Value], op: &str) -> (Stri
     (format!("({})", ors.join(" OR ")), params)
 }
 
+/// A value read back from `Definition::text_list` as the text it is (NULL: None).
+pub fn text_of(v: mysql_async::Value) -> Option<String> {
+    match v {
+        mysql_async::Value::NULL => None,
+        mysql_async::Value::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+        other => Some(other.as_sql(true)),
+    }
+}
+
 fn hex(text: &str) -> Option<Vec<u8>> {
     text.len()
         .is_multiple_of(2)

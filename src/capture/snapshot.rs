@@ -244,14 +244,7 @@ async fn step(
     for row in read {
         let mut values = row.unwrap();
         let key = Key(values.drain(..def.key.len()).collect());
-        let texts: Vec<Option<String>> = values
-            .into_iter()
-            .map(|v| match v {
-                MyValue::NULL => None,
-                MyValue::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-                other => Some(other.as_sql(true)),
-            })
-            .collect();
+        let texts: Vec<Option<String>> = values.into_iter().map(crate::catalog::text_of).collect();
         rows.push(snapshot_row(&def, db, name, &texts)?);
         last_key = Some(key);
     }

@@ -209,14 +209,7 @@ pub async fn rows_of(
                 other => other.as_sql(true),
             };
             let key = Key(values.drain(..def.key.len()).collect());
-            let text = values
-                .into_iter()
-                .map(|v| match v {
-                    MyValue::NULL => None,
-                    MyValue::Bytes(b) => Some(String::from_utf8_lossy(&b).into_owned()),
-                    other => Some(other.as_sql(true)),
-                })
-                .collect();
+            let text = values.into_iter().map(crate::catalog::text_of).collect();
             out.insert(key.id(), (digest, text));
         }
     }
