@@ -161,6 +161,17 @@ async fn rows_east_never_streamed_reach_west_while_both_keep_writing_and_a_kille
     println!("{}", sync(&west_cfg, "start"));
     until_done(&west_cfg, Duration::from_secs(120)).await;
     println!("initial sync of {} rows done in {:?}", PRODUCTS + STOCK + SUPPLIERS, started.elapsed());
+    // East's metrics count what it published; the estimate of rows left is 0 once done.
+    let metrics = ferry::sandbox::http_get(east_http, "/metrics").await.unwrap().1;
+    let sample = |name: &str| {
+        metrics.lines().find(|l| l.starts_with(name)).and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(sample("ferry_sync_rows_total{table=\"psi.products\"}"), Some(PRODUCTS as f64), "{metrics}");
+    assert_eq!(
+        sample("ferry_sync_chunks_total{table=\"psi.products\"}"),
+        Some((PRODUCTS / 2_000 + 1) as f64)
+    );
+    assert_eq!(sample("ferry_sync_remaining_rows{table=\"psi.products\"}"), Some(0.0), "{metrics}");
     stop.store(true, Ordering::Relaxed);
     for w in running {
         assert!(w.await.unwrap() > 10, "the writers kept writing");

@@ -13,6 +13,12 @@ pub struct KindLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    /// `db.table`
+    pub table: String,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: &'static str,
 }
@@ -35,6 +41,11 @@ pub struct CaptureMetrics {
     pub checkpoint_moved: std::sync::Arc<std::sync::Mutex<Option<std::time::Instant>>>,
     pub lag: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub heartbeat_writes: Family<ResultLabels, Counter>,
+    /// Initial sync: rows and chunks published, rows left (estimate), whether one runs.
+    pub sync_rows: Family<TableLabels, Counter>,
+    pub sync_chunks: Family<TableLabels, Counter>,
+    pub sync_remaining: Family<TableLabels, Gauge>,
+    pub sync_active: Gauge,
 }
 
 impl CaptureMetrics {
@@ -66,6 +77,10 @@ impl CaptureMetrics {
         metrics.register(names::CAPTURE_CHECKPOINT_AGE, m.checkpoint_age.clone());
         metrics.register(names::CAPTURE_LAG, m.lag.clone());
         metrics.register(names::HEARTBEAT_WRITES, m.heartbeat_writes.clone());
+        metrics.register(names::SYNC_ROWS, m.sync_rows.clone());
+        metrics.register(names::SYNC_CHUNKS, m.sync_chunks.clone());
+        metrics.register(names::SYNC_REMAINING, m.sync_remaining.clone());
+        metrics.register(names::SYNC_ACTIVE, m.sync_active.clone());
         m
     }
 }

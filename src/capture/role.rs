@@ -128,6 +128,7 @@ impl CaptureRole {
                 chunks,
                 progress.subscribe(),
                 stop_driver.clone(),
+                self.metrics.clone(),
             )))
         });
         let mut windows = super::snapshot::Windows::new(handed);

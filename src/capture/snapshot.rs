@@ -143,6 +143,7 @@ pub async fn drive(
     chunks: mpsc::Sender<Chunk>,
     mut acked: watch::Receiver<Progress>,
     stop: CancellationToken,
+    metrics: super::metrics::CaptureMetrics,
 ) {
     let mut conn: Option<Conn> = None;
     let mut number = 0u64;
@@ -171,7 +172,7 @@ pub async fn drive(
             continue;
         };
         number += 1;
-        busy = match step(c, &chunks, &mut acked, run, number, &stop).await {
+        busy = match step(c, &chunks, &mut acked, run, number, &stop, &metrics).await {
             Ok(worked) => worked,
             Err(e) => {
                 tracing::warn!(error = %e, "initial sync: a chunk failed; reading it again");
@@ -190,6 +191,7 @@ async fn step(
     run: u64,
     number: u64,
     stop: &CancellationToken,
+    metrics: &super::metrics::CaptureMetrics,
 ) -> Result<bool, String> {
     let sql = |what: &'static str| move |e: mysql_async::Error| format!("{what}: {e}");
     let todo: Option<(String, Option<String>, String)> = conn
@@ -199,7 +201,11 @@ async fn step(
         )
         .await
         .map_err(sql("reading ferry.snapshot_progress"))?;
-    let Some((table, last, requested)) = todo else { return Ok(false) };
+    let Some((table, last, requested)) = todo else {
+        metrics.sync_active.set(0);
+        return Ok(false);
+    };
+    metrics.sync_active.set(1);
     let request = Request { table: &table, requested: &requested };
     let (db, name) = table.split_once('.').ok_or("not db.table")?;
     let Some(def) = Definition::read(conn, db, name).await.map_err(sql("reading the table"))? else {
@@ -282,8 +288,27 @@ async fn step(
             changed = acked.changed() => if changed.is_err() { return Ok(false) },
         }
     }
+    let labels = super::metrics::TableLabels { table: table.clone() };
+    metrics.sync_rows.get_or_create(&labels).inc_by(count);
+    metrics.sync_chunks.get_or_create(&labels).inc();
     let key = last_key.or(after);
-    finish(conn, &request, key.as_ref(), count, count < CHUNK_ROWS).await
+    let done = finish(conn, &request, key.as_ref(), count, count < CHUNK_ROWS).await?;
+    // Rows left: the server's estimate of the table's size less what this request published.
+    let left: Option<(Option<u64>, u64)> = conn
+        .exec_first(
+            "SELECT t.TABLE_ROWS, p.rows_done FROM ferry.snapshot_progress p JOIN information_schema.TABLES t \
+             ON t.TABLE_SCHEMA = ? AND t.TABLE_NAME = ? WHERE p.table_name = ?",
+            (db, name, &table),
+        )
+        .await
+        .unwrap_or(None);
+    let remaining = if count < CHUNK_ROWS {
+        0
+    } else {
+        left.map_or(0, |(estimate, published)| estimate.unwrap_or(0).saturating_sub(published))
+    };
+    metrics.sync_remaining.get_or_create(&labels).set(i64::try_from(remaining).unwrap_or(i64::MAX));
+    Ok(done)
 }
 
 /// The table a chunk belongs to, and when it was requested (a new request resets the row).

@@ -212,6 +212,17 @@ pub const APPLY_SUPERSEDED: MetricName = m(
 );
 
 /// Every metric ferry can export.
+pub const SYNC_ROWS: MetricName =
+    m("ferry_sync_rows", Counter, "Rows an initial sync published from this region (label: table)");
+pub const SYNC_CHUNKS: MetricName =
+    m("ferry_sync_chunks", Counter, "Chunks an initial sync published from this region (label: table)");
+pub const SYNC_REMAINING: MetricName = m(
+    "ferry_sync_remaining_rows",
+    Gauge,
+    "Rows of a table an initial sync has still to read, estimated from the server's table statistics (label: table)",
+);
+pub const SYNC_ACTIVE: MetricName =
+    m("ferry_sync_active", Gauge, "1 while an initial sync is reading tables in this region, 0 otherwise");
 pub const CHECK_ROWS: MetricName =
     m("ferry_check_rows", Counter, "Rows compared by scheduled checks (label: mode: window, full)");
 pub const CHECK_CHUNKS: MetricName =
@@ -237,6 +248,10 @@ pub const CHECK_INTERVAL: MetricName = m(
     "The configured interval of a scheduled check mode (check.interval, check.full_every) (label: mode)",
 );
 pub const ALL: &[MetricName] = &[
+    SYNC_ROWS,
+    SYNC_CHUNKS,
+    SYNC_REMAINING,
+    SYNC_ACTIVE,
     CHECK_ROWS,
     CHECK_CHUNKS,
     CHECK_DIFFERENCES,
