@@ -533,12 +533,14 @@ fn sync(command: SyncCommand) -> i32 {
                         } else {
                             (r.rows as f64 * 100.0 / r.estimate.max(1) as f64).min(99.0)
                         };
+                        let eta = r.eta().map(|s| format!("  ETA {s:.0} s")).unwrap_or_default();
                         println!(
-                            "{:<32} {:>6} chunks {:>10} rows  {:>5.1}%  {}",
+                            "{:<32} {:>6} chunks {:>10} rows  {:>5.1}%  {:>9.0} rows/s  {}{eta}",
                             r.table,
                             r.chunks,
                             r.rows,
                             percent,
+                            r.rate(),
                             if r.done { "done" } else { "running" }
                         );
                     }

@@ -8,6 +8,10 @@ use mysql_async::prelude::Queryable;
 
 use crate::config::Config;
 
+/// A `ferry.snapshot_progress` row: table, chunks, rows, done, the table's row estimate,
+/// seconds since the request.
+type ProgressRow = (String, u64, u64, i8, Option<u64>, Option<f64>);
+
 /// One table's progress on the origin.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct TableProgress {
@@ -17,6 +21,21 @@ pub struct TableProgress {
     /// The origin's estimate of the table's rows (`information_schema.TABLES`).
     pub estimate: u64,
     pub done: bool,
+    /// Seconds from the request to the last chunk recorded.
+    pub seconds: f64,
+}
+
+impl TableProgress {
+    /// Rows published per second so far.
+    pub fn rate(&self) -> f64 {
+        if self.seconds > 0.0 { self.rows as f64 / self.seconds } else { 0.0 }
+    }
+
+    /// Seconds left at the rate so far (None: done, or no rate yet).
+    pub fn eta(&self) -> Option<f64> {
+        let rate = self.rate();
+        (!self.done && rate > 0.0).then(|| self.estimate.saturating_sub(self.rows) as f64 / rate)
+    }
 }
 
 async fn primary(config: &Config, region: &str) -> Result<Conn, String> {
@@ -85,9 +104,10 @@ pub async fn start(config: &Config, from: &str, tables: &[String]) -> Result<Vec
 /// Each requested table's progress on `from`.
 pub async fn status(config: &Config, from: &str) -> Result<Vec<TableProgress>, String> {
     let mut origin = primary(config, from).await?;
-    let rows: Vec<(String, u64, u64, i8, Option<u64>)> = origin
+    let rows: Vec<ProgressRow> = origin
         .query(
-            "SELECT p.table_name, p.chunks, p.rows_done, p.done, t.TABLE_ROWS FROM ferry.snapshot_progress p \
+            "SELECT p.table_name, p.chunks, p.rows_done, p.done, t.TABLE_ROWS, \
+             UNIX_TIMESTAMP(p.updated_at) - UNIX_TIMESTAMP(p.requested_at) FROM ferry.snapshot_progress p \
              LEFT JOIN information_schema.TABLES t ON CONCAT(t.TABLE_SCHEMA, '.', t.TABLE_NAME) = p.table_name \
              ORDER BY p.table_name",
         )
@@ -95,12 +115,13 @@ pub async fn status(config: &Config, from: &str) -> Result<Vec<TableProgress>, S
         .map_err(|e| format!("{from}: reading ferry.snapshot_progress: {e}"))?;
     Ok(rows
         .into_iter()
-        .map(|(table, chunks, rows, done, estimate)| TableProgress {
+        .map(|(table, chunks, rows, done, estimate, seconds)| TableProgress {
             table,
             chunks,
             rows,
             estimate: estimate.unwrap_or(0),
             done: done != 0,
+            seconds: seconds.unwrap_or(0.0).max(0.0),
         })
         .collect())
 }

@@ -108,6 +108,7 @@ async fn until_done(config: &std::path::Path, within: Duration) {
     let deadline = Instant::now() + within;
     loop {
         let status = sync(config, "status");
+        assert!(status.contains("rows/s"), "{status}");
         if !status.contains("running") && status.contains("done") {
             println!("{status}");
             return;
