@@ -291,6 +291,30 @@ pub fn beyond(cols: &[String], values: &[mysql_async::Value], op: &str) -> (Stri
     (format!("({})", ors.join(" OR ")), params)
 }
 
+/// The user tables on `conn` (every schema but the server's own and ferry's), in
+/// `schemas` when given; with `keyed`, only those with a primary key. Sorted.
+pub async fn user_tables(
+    conn: &mut mysql_async::Conn,
+    schemas: Option<&[String]>,
+    keyed: bool,
+) -> Result<Vec<(String, String)>, mysql_async::Error> {
+    use mysql_async::prelude::Queryable;
+    let key = if keyed {
+        " AND EXISTS (SELECT 1 FROM information_schema.STATISTICS s WHERE s.TABLE_SCHEMA = t.TABLE_SCHEMA \
+         AND s.TABLE_NAME = t.TABLE_NAME AND s.INDEX_NAME = 'PRIMARY')"
+    } else {
+        ""
+    };
+    let rows: Vec<(String, String)> = conn
+        .query(format!(
+            "SELECT t.TABLE_SCHEMA, t.TABLE_NAME FROM information_schema.TABLES t WHERE t.TABLE_TYPE = 'BASE TABLE' \
+             AND t.TABLE_SCHEMA NOT IN {}{key} ORDER BY 1, 2",
+            crate::schema::NOT_USER_SCHEMAS
+        ))
+        .await?;
+    Ok(rows.into_iter().filter(|(db, _)| schemas.is_none_or(|s| s.contains(db))).collect())
+}
+
 /// A value read back from `Definition::text_list` as the text it is (NULL: None).
 pub fn text_of(v: mysql_async::Value) -> Option<String> {
     match v {

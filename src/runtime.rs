@@ -66,3 +66,11 @@ pub async fn shutdown_signal() {
         _ = int.recv() => tracing::info!(signal = "SIGINT", "signal received"),
     }
 }
+
+/// Now, in µs since the Unix epoch (0 if the clock is before it).
+pub fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -39,32 +39,19 @@ impl TableProgress {
 }
 
 async fn primary(config: &Config, region: &str) -> Result<Conn, String> {
-    let r = config
-        .regions
-        .get(region)
-        .ok_or_else(|| format!("--from: no region {region} in the configuration"))?;
-    let opts = crate::failover::mysql::primary_opts(&r.mysql).await.map_err(|e| e.to_string())?;
-    Conn::new(opts).await.map_err(|e| format!("{region}'s primary: {e}"))
+    if !config.regions.contains_key(region) {
+        return Err(format!("--from: no region {region} in the configuration"));
+    }
+    Ok(crate::check::connect(config, region, crate::config::ReadFrom::Primary).await?.conn)
 }
 
 /// User tables with a primary key on `conn`, in `apply.schemas` when set.
 async fn user_tables(conn: &mut Conn, config: &Config) -> Result<Vec<String>, String> {
-    let rows: Vec<(String, String)> = conn
-        .query(format!(
-            "SELECT t.TABLE_SCHEMA, t.TABLE_NAME FROM information_schema.TABLES t \
-             WHERE t.TABLE_TYPE = 'BASE TABLE' AND t.TABLE_SCHEMA NOT IN {} AND EXISTS (SELECT 1 FROM \
-             information_schema.STATISTICS s WHERE s.TABLE_SCHEMA = t.TABLE_SCHEMA AND s.TABLE_NAME = t.TABLE_NAME \
-             AND s.INDEX_NAME = 'PRIMARY') ORDER BY 1, 2",
-            crate::schema::NOT_USER_SCHEMAS
-        ))
+    let schemas = config.apply.as_ref().and_then(|a| a.schemas.clone());
+    let tables = crate::catalog::user_tables(conn, schemas.as_deref(), true)
         .await
         .map_err(|e| format!("listing tables: {e}"))?;
-    let schemas = config.apply.as_ref().and_then(|a| a.schemas.clone());
-    Ok(rows
-        .into_iter()
-        .filter(|(db, _)| schemas.as_ref().is_none_or(|s| s.contains(db)))
-        .map(|(db, t)| format!("{db}.{t}"))
-        .collect())
+    Ok(tables.into_iter().map(|(db, t)| format!("{db}.{t}")).collect())
 }
 
 /// Ask `from` to snapshot `tables` (every user table with a primary key apply governs when

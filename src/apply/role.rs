@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use prometheus_client::metrics::gauge::Gauge;
@@ -790,8 +790,7 @@ const BACKLOG_EVERY: Duration = Duration::from_secs(1);
 
 /// Seconds from `us` (microseconds since the Unix epoch) to now, never negative.
 fn seconds_since(us: i64) -> f64 {
-    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
-    ((now - us) as f64 / 1e6).max(0.0)
+    ((crate::runtime::now_us() - us) as f64 / 1e6).max(0.0)
 }
 
 /// The origin commit time of the newest transaction applied here and the newest origin

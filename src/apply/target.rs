@@ -8,7 +8,6 @@
 //! row does not fit the target table) go to the dead-letter queue.
 
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts};
@@ -316,7 +315,7 @@ impl Target {
             .query_drop("START TRANSACTION")
             .await
             .map_err(|e| ApplyError::from_sql("starting the apply transaction", e))?;
-        let now_us = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0);
+        let now_us = crate::runtime::now_us();
         let sourced: Vec<Sourced<'_>> = group
             .iter()
             .flat_map(|t| {

@@ -3,8 +3,9 @@
 //! `ferry.heartbeat` as it arrives in the other region: arrival time minus write time,
 //! sampled every 5 ms. Reports p50/p99/max per direction and the load achieved.
 
+use crate::runtime::now_us;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use mysql_async::prelude::Queryable;
@@ -20,10 +21,6 @@ const SAMPLE_EVERY: Duration = Duration::from_millis(5);
 pub struct Options {
     pub rows_per_second: u64,
     pub seconds: u64,
-}
-
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 pub async fn run(opts: Options, ferry_bin: &Path) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! The `capture` and `heartbeat` roles that `ferry run` starts when `capture` is configured.
 
+use crate::runtime::now_us;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
@@ -208,10 +209,6 @@ impl Role for CaptureRole {
             }
         })
     }
-}
-
-fn now_us() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or(0)
 }
 
 /// Write the acknowledged position every `interval` when it moved (and once more on stop).

@@ -129,9 +129,9 @@ pub struct Report {
 }
 
 /// One region's reading connection.
-struct Region {
+pub(crate) struct Region {
     name: String,
-    conn: Conn,
+    pub(crate) conn: Conn,
 }
 
 /// The compared regions and the others (whose heartbeats only are read).
@@ -175,8 +175,11 @@ impl Pace {
     }
 }
 
-/// A connection to `name`'s primary or first replica.
-async fn connect(config: &Config, name: &str, from: ReadFrom) -> Result<Region, String> {
+/// How long connecting to a region's server may take.
+const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// A connection to `name`'s primary or first replica (UTC, READ COMMITTED).
+pub(crate) async fn connect(config: &Config, name: &str, from: ReadFrom) -> Result<Region, String> {
     let region = config.regions.get(name).ok_or_else(|| format!("no region {name} in the configuration"))?;
     let accounts = crate::failover::mysql::Accounts::from_config(&region.mysql, None);
     let opts = match from {
@@ -194,7 +197,10 @@ async fn connect(config: &Config, name: &str, from: ReadFrom) -> Result<Region, 
         "SET SESSION time_zone = '+00:00'",
         "SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED",
     ]);
-    let conn = Conn::new(opts).await.map_err(|e| format!("{name}: connecting: {e}"))?;
+    let conn = tokio::time::timeout(CONNECT_WITHIN, Conn::new(opts))
+        .await
+        .map_err(|_| format!("{name}: no answer within {CONNECT_WITHIN:?}"))?
+        .map_err(|e| format!("{name}: connecting: {e}"))?;
     Ok(Region { name: name.to_string(), conn })
 }
 
@@ -224,17 +230,11 @@ async fn tables(
     let schemas = config.apply.as_ref().and_then(|a| a.schemas.clone());
     let mut all = BTreeSet::new();
     for r in regions.iter_mut() {
-        let rows: Vec<(String, String)> = mysql_async::prelude::Queryable::query(
-            &mut r.conn,
-            format!(
-                "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES WHERE TABLE_TYPE = 'BASE TABLE' \
-                 AND TABLE_SCHEMA NOT IN {}",
-                crate::schema::NOT_USER_SCHEMAS
-            ),
-        )
-        .await
-        .map_err(sql(&r.name, "listing tables"))?;
-        all.extend(rows.into_iter().filter(|(db, _)| schemas.as_ref().is_none_or(|s| s.contains(db))));
+        all.extend(
+            crate::catalog::user_tables(&mut r.conn, schemas.as_deref(), false)
+                .await
+                .map_err(sql(&r.name, "listing tables"))?,
+        );
     }
     Ok(all.into_iter().collect())
 }

@@ -175,10 +175,7 @@ fn collect_digests(rows: Vec<mysql_async::Row>) -> Result<Digests, mysql_async::
     let mut out = Digests::new();
     for row in rows {
         let mut values = row.unwrap();
-        let digest = match values.remove(0) {
-            MyValue::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
-            other => other.as_sql(true),
-        };
+        let digest = crate::catalog::text_of(values.remove(0)).unwrap_or_default();
         let key = Key(values);
         out.insert(key.id(), (key, digest));
     }
@@ -204,10 +201,7 @@ pub async fn rows_of(
         let rows: Vec<mysql_async::Row> = conn.exec(sql, Params::Positional(params)).await?;
         for row in rows {
             let mut values = row.unwrap();
-            let digest = match values.remove(0) {
-                MyValue::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
-                other => other.as_sql(true),
-            };
+            let digest = crate::catalog::text_of(values.remove(0)).unwrap_or_default();
             let key = Key(values.drain(..def.key.len()).collect());
             let text = values.into_iter().map(crate::catalog::text_of).collect();
             out.insert(key.id(), (digest, text));

@@ -6,6 +6,7 @@
 //! (`ferry_check_*`, alerts `FerryRegionsDiffer`, `FerryCheckStale`) and `/status`; repairs
 //! stay an operator's decision (`ferry check --repair`).
 
+use crate::runtime::now_us;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
@@ -89,15 +90,6 @@ impl CheckRole {
 const MIN_RUN_LIMIT: Duration = Duration::from_secs(60);
 /// A failed full check is tried again this soon (or at its interval, if shorter).
 const RETRY_FULL: Duration = Duration::from_secs(60);
-/// How long connecting to the local primary may take.
-const CONNECT_WITHIN: Duration = Duration::from_secs(5);
-
-fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
 
 /// The last completed run of each mode, for the metrics and `/status`.
 #[derive(Default)]
@@ -263,13 +255,9 @@ impl Role for CheckRole {
 
 impl CheckRole {
     async fn store(&self) -> Result<progress::Store, String> {
-        let local = self.config.local().ok_or("no local region")?;
-        let opts = crate::failover::mysql::primary_opts(&local.mysql).await.map_err(|e| e.to_string())?;
-        let conn = tokio::time::timeout(CONNECT_WITHIN, mysql_async::Conn::new(opts))
-            .await
-            .map_err(|_| "the local primary did not answer".to_string())?
-            .map_err(|e| format!("connecting to the local primary: {e}"))?;
-        Ok(progress::Store::new(conn))
+        let local =
+            super::connect(&self.config, &self.config.region, crate::config::ReadFrom::Primary).await?;
+        Ok(progress::Store::new(local.conn))
     }
 
     /// When the first full check of this process is due, from `ferry.check_progress`.
